@@ -1,0 +1,3 @@
+"""mailer: self-hosted newsletter delivery."""
+
+__version__ = "0.1.0"

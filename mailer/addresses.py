@@ -1,0 +1,42 @@
+"""Email address checks and normalisation (email-validator); no DNS unless asked for."""
+
+from __future__ import annotations
+
+from email_validator import EmailNotValidError, validate_email
+
+from mailer.errors import SubscriberError
+
+MAX_NAME = 200
+
+
+def normalize_email(raw: str, *, check_deliverability: bool = False, where: str | None = None) -> str:
+    """The canonical form of an address (domain lower-cased, IDNA-normalised).
+
+    Raises:
+        SubscriberError: not a usable address, naming why and where it came from.
+    """
+    if any(c in raw for c in "\r\n\0"):
+        raise SubscriberError("an address may not contain line breaks", field=where)
+    try:
+        result = validate_email(raw.strip(), check_deliverability=check_deliverability,
+                                allow_smtputf8=False)
+    except EmailNotValidError as exc:
+        raise SubscriberError(f"{raw.strip()[:80]!r} is not a valid address: {exc}",
+                              field=where) from None
+    # The local part is kept as typed (RFC 5321 lets servers treat it case-sensitively);
+    # the domain is normalised so Bob@EXAMPLE.com and Bob@example.com are one subscriber.
+    return result.normalized
+
+
+def clean_name(raw: str | None, *, where: str | None = None) -> str:
+    """A display name safe for a header: one line, bounded length.
+
+    Raises:
+        SubscriberError: the name has line breaks or is too long.
+    """
+    name = (raw or "").strip()
+    if any(c in name for c in "\r\n\0"):
+        raise SubscriberError("a name may not contain line breaks", field=where)
+    if len(name) > MAX_NAME:
+        raise SubscriberError(f"a name may have at most {MAX_NAME} characters", field=where)
+    return name

@@ -1,0 +1,119 @@
+"""Built-in capture SMTP server (smtp_url: capture): every accepted message lands in a Maildir."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import mailbox
+from pathlib import Path
+from typing import Any
+
+from aiosmtpd.smtp import SMTP, Envelope, Session
+
+# Generous on purpose: above what common relays take (Gmail: 25 MB), so capture never rejects
+# a message a real relay would accept, yet bounded because aiosmtpd holds DATA in memory.
+DATA_SIZE_LIMIT = 32 * 1024 * 1024
+ACCEPTED = "250 Message accepted for delivery"
+_SMTP_OPTIONS: dict[str, Any] = {
+    "hostname": "mailer-capture",  # also skips a slow socket.getfqdn() per connection
+    "data_size_limit": DATA_SIZE_LIMIT,
+    "enable_SMTPUTF8": True,  # accept internationalised addresses, as a relay would
+}
+
+_aiosmtpd_log = logging.getLogger("mail.log")
+
+
+class _Connection(SMTP):
+    """aiosmtpd's SMTP protocol, tracked so that closing the server can end live connections."""
+
+    def __init__(self, handler: Any, live: set[_Connection], **options: Any) -> None:
+        super().__init__(handler, **options)
+        self._live = live
+        self.lost: asyncio.Future[None] = self.loop.create_future()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        self._live.add(self)
+
+    def connection_lost(self, error: Exception | None) -> None:
+        self._live.discard(self)
+        super().connection_lost(error)
+        if not self.lost.done():
+            self.lost.set_result(None)
+
+
+def _envelope_headers(envelope: Envelope) -> bytes:
+    # What an MDA prepends, so the author sees the envelope (e.g. a Bcc) in the stored file.
+    lines = [f"Return-Path: <{envelope.mail_from or ''}>"]
+    lines += [f"Delivered-To: {rcpt}" for rcpt in envelope.rcpt_tos]
+    # CR/LF dropped so an envelope address cannot inject headers; surrogateescape restores
+    # the wire bytes of SMTPUTF8 arguments, which aiosmtpd decoded that way.
+    text = "".join(line.replace("\r", "").replace("\n", "") + "\r\n" for line in lines)
+    return text.encode("utf-8", "surrogateescape")
+
+
+class _MaildirHandler:
+    """aiosmtpd handler that stores each message in a Maildir and counts them."""
+
+    def __init__(self, maildir: mailbox.Maildir) -> None:
+        self.maildir = maildir
+        self.count = 0
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        data = envelope.original_content or b""
+        # Synchronous on purpose: Maildir names (time + a class counter) may clash across threads,
+        # and add() is already atomic (written in tmp/, fsynced, linked into new/).
+        self.maildir.add(_envelope_headers(envelope) + data)
+        self.count += 1
+        return ACCEPTED
+
+
+class CaptureServer:
+    """SMTP server in the running event loop that writes every message it accepts to a Maildir.
+
+    Usage: ``async with CaptureServer(var_dir / "outbox") as server: ...`` then send to
+    ``server.host:server.port``. The stored files are the bytes received, after a
+    ``Return-Path`` and one ``Delivered-To`` header per envelope recipient.
+    """
+
+    def __init__(self, outbox_dir: Path, *, host: str = "127.0.0.1", port: int = 0) -> None:
+        self.outbox_dir, self.host = Path(outbox_dir), host
+        self.port = port  # replaced by the bound port once started (port 0 = ephemeral)
+        self._handler: _MaildirHandler | None = None
+        self._server: asyncio.Server | None = None
+        self._live: set[_Connection] = set()
+
+    @property
+    def count(self) -> int:
+        """Messages stored since this server started."""
+        return self._handler.count if self._handler else 0
+
+    async def __aenter__(self) -> CaptureServer:
+        """Bind and start serving. Raises OSError when the address cannot be bound."""
+        if _aiosmtpd_log.level == logging.NOTSET:
+            # aiosmtpd logs every command at INFO; keep its warnings, unless someone chose a level.
+            _aiosmtpd_log.setLevel(logging.WARNING)
+        loop = asyncio.get_running_loop()
+        # Only the parents: Maildir creates the box itself with mode 0700, as mail is private.
+        self.outbox_dir.parent.mkdir(parents=True, exist_ok=True)
+        handler = self._handler = _MaildirHandler(mailbox.Maildir(self.outbox_dir, create=True))
+        self._server = await loop.create_server(
+            lambda: _Connection(handler, self._live, loop=loop, **_SMTP_OPTIONS),
+            self.host,
+            self.port,
+        )
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        """Stop listening, close open client connections and wait until all are gone."""
+        if self._server is None:
+            return
+        self._server.close()
+        connections = list(self._live)
+        for connection in connections:
+            if connection.transport is not None:
+                connection.transport.close()
+        await self._server.wait_closed()
+        await asyncio.gather(*(connection.lost for connection in connections))
+        self._server = None

@@ -1,0 +1,316 @@
+"""The `mailer` command line (typer + rich): thin commands over the use-case modules."""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import sys
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+from functools import wraps
+from pathlib import Path
+from typing import Annotated, Any, ParamSpec, TypeVar
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from mailer import config as config_mod
+from mailer import subscriptions
+from mailer.config import Config
+from mailer.errors import InputError, MailerError
+from mailer.models import DeliveryStatus, SubscriptionStatus, utcnow
+from mailer.store import Store
+
+app = typer.Typer(no_args_is_help=True, add_completion=False,
+                  help="Markdown newsletters delivered on schedule, exactly once.")
+subscribers_app = typer.Typer(no_args_is_help=True, help="Add, import, export and remove subscribers.")
+app.add_typer(subscribers_app, name="subscribers")
+
+out = Console()
+err = Console(stderr=True)
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+class State:
+    config_path: Path | None = None
+    _config: Config | None = None
+
+    def config(self) -> Config:
+        if self._config is None:
+            self._config = config_mod.load(self.config_path)
+        return self._config
+
+
+state = State()
+
+
+def fails_cleanly(func: Callable[P, R]) -> Callable[P, R]:
+    """MailerError → one line on stderr and exit 2 (bad input) or 1 (failed operation)."""
+
+    @wraps(func)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return func(*args, **kwargs)
+        except MailerError as exc:
+            err.print(f"[red]error:[/red] {exc}", highlight=False, markup=True, soft_wrap=True)
+            raise typer.Exit(exc.exit_code) from None
+
+    return wrapper
+
+
+def run_async(coro: Awaitable[R]) -> R:
+    return asyncio.run(coro)  # type: ignore[arg-type]
+
+
+def now(cfg: Config) -> datetime:
+    """The current time, or the documented test clock `test_now` when it is set."""
+    return cfg.settings.test_now or utcnow()
+
+
+async def open_store(cfg: Config) -> Store:
+    return await Store.open(cfg.settings.database_url)
+
+
+@app.callback()
+def main_options(
+    config: Annotated[Path | None, typer.Option(
+        "--config", envvar="MAILER_CONFIG", help="schedules.yaml to use (default ./schedules.yaml)",
+    )] = None,
+) -> None:
+    state.config_path = config
+    state._config = None
+
+
+# -- send-now ------------------------------------------------------------------------------------
+
+
+@app.command("send-now")
+@fails_cleanly
+def send_now(
+    newsletter: Annotated[str, typer.Argument(help="the newsletter id from schedules.yaml")],
+    issue: Annotated[Path | None, typer.Option(help="send this issue file instead of the due one")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="render and count, send nothing")] = False,
+    to: Annotated[str | None, typer.Option(help="send one test copy to this address only")] = None,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="do not ask before sending")] = False,
+    resend_unknown: Annotated[bool, typer.Option(
+        "--resend-unknown", help="also resend deliveries whose outcome is unknown")] = False,
+) -> None:
+    """Send the due (or given) issue now to every confirmed subscriber."""
+    from mailer import cli_send
+
+    cfg = state.config()
+    code = run_async(cli_send.send_now(
+        cfg, cfg.newsletter(newsletter), issue_path=issue, dry_run=dry_run, to=to, yes=yes,
+        resend_unknown=resend_unknown, now=now(cfg), console=out,
+    ))
+    raise typer.Exit(code)
+
+
+# -- preview -------------------------------------------------------------------------------------
+
+
+@app.command()
+@fails_cleanly
+def preview(
+    file: Annotated[Path, typer.Argument(help="the issue's Markdown file")],
+    format: Annotated[str, typer.Option("--format", help="html, text, mjml or eml")] = "html",
+    text: Annotated[bool, typer.Option("--text", help="same as --format text")] = False,
+    out_path: Annotated[Path | None, typer.Option("--out", help="write here, not to stdout")] = None,
+    newsletter: Annotated[str | None, typer.Option(
+        "--newsletter", help="which newsletter's template (default: the one whose folder holds FILE)",
+    )] = None,
+) -> None:
+    """Render an issue exactly as subscribers get it."""
+    from mailer import cli_send
+
+    fmt = "text" if text else format
+    if fmt not in ("html", "text", "mjml", "eml"):
+        raise InputError(f"unknown format {fmt!r}: use html, text, mjml or eml", field="--format")
+    cfg = state.config()
+    data = cli_send.preview(cfg, file, fmt=fmt, newsletter_id=newsletter)
+    if out_path:
+        out_path.write_bytes(data)
+        err.print(f"wrote {out_path}")
+    else:
+        sys.stdout.buffer.write(data)
+
+
+# -- subscribers ---------------------------------------------------------------------------------
+
+
+ListOpt = Annotated[str, typer.Option("--list", help="the newsletter id")]
+
+
+@subscribers_app.command("add")
+@fails_cleanly
+def subscribers_add(
+    email: str, list_: ListOpt,
+    name: Annotated[str, typer.Option(help="display name")] = "",
+    confirmed: Annotated[bool, typer.Option(
+        "--confirmed", help="skip double opt-in (only for people who already agreed)")] = False,
+) -> None:
+    """Add one subscriber (pending, with a confirmation email, unless --confirmed)."""
+    cfg = state.config()
+    newsletter = cfg.newsletter(list_)
+
+    async def go() -> str:
+        store = await open_store(cfg)
+        try:
+            return await subscriptions.add(cfg, store, newsletter, email, name=name,
+                                           confirmed=confirmed)
+        finally:
+            await store.close()
+
+    out.print(run_async(go()), highlight=False)
+
+
+@subscribers_app.command("import")
+@fails_cleanly
+def subscribers_import(
+    file: Path, list_: ListOpt,
+    confirmed: Annotated[bool, typer.Option("--confirmed")] = False,
+) -> None:
+    """Import a CSV (email[,name]); any bad row stops the import and nothing is stored."""
+    cfg = state.config()
+    newsletter = cfg.newsletter(list_)
+    rows = subscriptions.read_csv(file)
+
+    async def go() -> int:
+        store = await open_store(cfg)
+        try:
+            return await store.import_subscribers(rows, newsletter=newsletter.id,
+                                                  confirmed=confirmed)
+        finally:
+            await store.close()
+
+    count = run_async(go())
+    state_word = "confirmed" if confirmed else "pending"
+    out.print(f"imported {count} subscribers into {newsletter.id} ({state_word})")
+
+
+def _status_option(status: str | None) -> SubscriptionStatus | None:
+    if status is None:
+        return None
+    try:
+        return SubscriptionStatus(status)
+    except ValueError:
+        known = ", ".join(s.value for s in SubscriptionStatus)
+        raise InputError(f"unknown status {status!r} (one of {known})", field="--status") from None
+
+
+@subscribers_app.command("export")
+@fails_cleanly
+def subscribers_export(
+    list_: ListOpt, status: Annotated[str | None, typer.Option(help="only this state")] = None,
+) -> None:
+    """Write the subscribers as CSV to stdout."""
+    cfg = state.config()
+    newsletter = cfg.newsletter(list_)
+    wanted = _status_option(status)
+
+    async def go() -> None:
+        store = await open_store(cfg)
+        try:
+            writer = csv.writer(sys.stdout, lineterminator="\n")
+            writer.writerow(["email", "name", "status", "created_at", "confirmed_at"])
+            async for row in store.subscribers(newsletter=newsletter.id, status=wanted):
+                writer.writerow([row.email, row.name, row.status.value,
+                                 row.created_at.isoformat(),
+                                 row.confirmed_at.isoformat() if row.confirmed_at else ""])
+        finally:
+            await store.close()
+
+    run_async(go())
+
+
+@subscribers_app.command("list")
+@fails_cleanly
+def subscribers_list(
+    list_: ListOpt, status: Annotated[str | None, typer.Option(help="only this state")] = None,
+) -> None:
+    """Show the subscribers of a newsletter."""
+    cfg = state.config()
+    newsletter = cfg.newsletter(list_)
+    wanted = _status_option(status)
+
+    async def go() -> Table:
+        store = await open_store(cfg)
+        table = Table("email", "name", "status", "since")
+        try:
+            async for row in store.subscribers(newsletter=newsletter.id, status=wanted):
+                table.add_row(row.email, row.name, row.status.value,
+                              f"{row.created_at:%Y-%m-%d}")
+        finally:
+            await store.close()
+        return table
+
+    out.print(run_async(go()))
+
+
+@subscribers_app.command("remove")
+@fails_cleanly
+def subscribers_remove(email: str, list_: ListOpt) -> None:
+    """Remove a subscriber from a newsletter (their address is deleted if on no other list)."""
+    cfg = state.config()
+    newsletter = cfg.newsletter(list_)
+
+    async def go() -> bool:
+        store = await open_store(cfg)
+        try:
+            return await store.remove_subscriber(email.strip(), newsletter=newsletter.id)
+        finally:
+            await store.close()
+
+    if not run_async(go()):
+        err.print(f"error: {email} is not on {newsletter.id}")
+        raise typer.Exit(1)
+    out.print(f"removed {email} from {newsletter.id}")
+
+
+# -- status and init -----------------------------------------------------------------------------
+
+
+@app.command()
+@fails_cleanly
+def status(newsletter: Annotated[str | None, typer.Argument()] = None) -> None:
+    """Show sends and their progress: sent, failed, pending, unknown."""
+    cfg = state.config()
+    if newsletter:
+        cfg.newsletter(newsletter)
+
+    async def go() -> Table:
+        store = await open_store(cfg)
+        table = Table("newsletter", "issue", "state", "sent", "failed", "pending", "unknown",
+                      "skipped", "started")
+        try:
+            for send in await store.sends(newsletter):
+                c = await store.delivery_counts(send.id)
+                table.add_row(send.newsletter, send.slug, send.status.value,
+                              str(c[DeliveryStatus.SENT]), str(c[DeliveryStatus.FAILED]),
+                              str(c[DeliveryStatus.PENDING] + c[DeliveryStatus.SENDING]),
+                              str(c[DeliveryStatus.UNKNOWN]), str(c[DeliveryStatus.SKIPPED]),
+                              f"{send.created_at:%Y-%m-%d %H:%M}")
+        finally:
+            await store.close()
+        return table
+
+    out.print(run_async(go()))
+
+
+@app.command()
+@fails_cleanly
+def init(directory: Annotated[Path, typer.Argument()] = Path(".")) -> None:
+    """Write a working starter: schedules.yaml, templates/, one sample issue."""
+    from mailer import starter
+
+    for path in starter.write(directory):
+        out.print(f"wrote {path}")
+
+
+def main() -> Any:
+    """Entry point of the `mailer` console script."""
+    return app()

@@ -1,0 +1,174 @@
+"""The work behind `mailer send-now` and `mailer preview`: progress, summary and exit code."""
+
+from __future__ import annotations
+
+import sys
+from datetime import datetime
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from mailer import content, render, tokens
+from mailer.config import Config, Newsletter
+from mailer.errors import InputError
+from mailer.keys import load_or_create_secret_key
+from mailer.message import Letter, build_message, list_id, message_id
+from mailer.models import DeliveryStatus, utcnow
+from mailer.sender import Sender, send_one
+from mailer.sends import start_or_resume_send
+from mailer.store import Outcome, Store
+
+SAMPLE_RECIPIENT = ("reader@example.com", "Sample Reader")
+
+
+def _issue_for(cfg: Config, newsletter: Newsletter, path: Path | None, sent: set[str],
+               now: datetime) -> content.Issue | None:
+    if path is not None:
+        return content.load_issue(path, tz=newsletter.tz)
+    return content.pick_due_issue(content.load_issues(newsletter.issues, tz=newsletter.tz),
+                                  sent, now)
+
+
+def _letter(cfg: Config, newsletter: Newsletter, issue: content.Issue) -> Letter:
+    rendered = render.render_issue(issue, newsletter, cfg.settings, templates_dir=cfg.templates_dir)
+    return Letter(sender=newsletter.sender, reply_to=newsletter.reply_to,
+                  list_id=list_id(newsletter.id, cfg.settings.base_url), rendered=rendered)
+
+
+def _sample_message(cfg: Config, newsletter: Newsletter, letter: Letter, to: str, name: str
+                    ) -> bytes:
+    # A token for subscription 0 matches nobody: the link in a test copy is harmless.
+    key = load_or_create_secret_key(
+        cfg.settings.secret_key.get_secret_value() if cfg.settings.secret_key else None,
+        cfg.settings.var_dir)
+    url = f"{cfg.settings.base_url}/unsubscribe/{tokens.unsubscribe_token(key, 0)}"
+    return build_message(letter, to_email=to, to_name=name, unsubscribe_url=url,
+                         msg_id=message_id(letter.sender_domain), date=utcnow()).as_bytes()
+
+
+async def send_now(cfg: Config, newsletter: Newsletter, *, issue_path: Path | None,
+                   dry_run: bool, to: str | None, yes: bool, resend_unknown: bool,
+                   now: datetime, console: Console) -> int:
+    """Run `send-now`; returns the exit code (0 only when every recipient got the issue)."""
+    store = await Store.open(cfg.settings.database_url)
+    try:
+        if dry_run or to:
+            return await _dry_run_or_test_copy(cfg, newsletter, store, issue_path=issue_path,
+                                               to=to, now=now, console=console)
+        unfinished = await store.unfinished_send(newsletter.id)
+        if unfinished is None:
+            issue = _issue_for(cfg, newsletter, issue_path, await store.sent_slugs(newsletter.id),
+                               now)
+            if issue is None:
+                console.print(f"nothing to send: {newsletter.id} has no due issue "
+                              "(ready, send_after passed, not sent yet)")
+                return 0
+            count = await store.count_recipients(newsletter.id)
+            if not yes and not _confirm(console, f"Send {issue.subject!r} to {count} "
+                                        f"subscriber(s) of {newsletter.id}?"):
+                console.print("nothing sent")
+                return 1
+        send = await start_or_resume_send(cfg, newsletter, store, now=now, issue_path=issue_path)
+        assert send is not None
+        if resend_unknown:
+            await store.requeue_unknown(send.id)
+        return await _deliver_with_progress(cfg, newsletter, store, send.id, console)
+    finally:
+        await store.close()
+
+
+def _confirm(console: Console, question: str) -> bool:
+    if not sys.stdin.isatty():
+        raise InputError("not a terminal to ask on: add --yes to send", field="send-now")
+    return console.input(f"{question} [y/N] ").strip().lower() in ("y", "yes")
+
+
+async def _dry_run_or_test_copy(cfg: Config, newsletter: Newsletter, store: Store, *,
+                                issue_path: Path | None, to: str | None, now: datetime,
+                                console: Console) -> int:
+    issue = _issue_for(cfg, newsletter, issue_path, await store.sent_slugs(newsletter.id), now)
+    if issue is None:
+        console.print(f"nothing to send: {newsletter.id} has no due issue")
+        return 0
+    letter = _letter(cfg, newsletter, issue)
+    if to:
+        from mailer.addresses import normalize_email
+
+        address = normalize_email(to, where="--to")
+        data = _sample_message(cfg, newsletter, letter, address, "")
+        code, reply = await send_one(cfg, letter.sender_address, address, data)
+        console.print(f"test copy of {issue.slug!r} sent to {address}: {code} {reply}")
+        return 0
+    count = await store.count_recipients(newsletter.id)
+    size = len(letter.rendered.html.encode())
+    console.print(f"dry run: {issue.slug!r} ({issue.subject!r}) would go to {count} confirmed "
+                  f"subscriber(s) of {newsletter.id}; HTML {size // 1024} KB; nothing sent")
+    return 0
+
+
+async def _deliver_with_progress(cfg: Config, newsletter: Newsletter, store: Store,
+                                 send_id: int, console: Console) -> int:
+    send = await store.get_send(send_id)
+    before = await store.delivery_counts(send_id)
+    open_count = before[DeliveryStatus.PENDING] + before[DeliveryStatus.SENDING]
+    columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TextColumn("{task.fields[rate]}"), TimeRemainingColumn())
+    with Progress(*columns, console=console, transient=False) as progress:
+        task = progress.add_task(f"{newsletter.id}/{send.slug}", total=open_count, rate="")
+
+        def advance(outcome: Outcome) -> None:
+            if outcome.status != DeliveryStatus.PENDING:
+                progress.advance(task)
+
+        async with Sender(cfg, store) as sender:
+            if sender.unknown_released:
+                console.print(f"[yellow]{sender.unknown_released} delivery(ies) were in flight "
+                              "when a sender died: recorded as unknown[/yellow]")
+            await sender.deliver(send, newsletter, on_outcome=advance)
+    counts = await store.delivery_counts(send_id)
+    console.print(_summary(counts))
+    for email, code, reply in await store.failures(send_id):
+        console.print(f"  failed {email}: {code or ''} {reply}", highlight=False)
+    if cfg.settings.smtp_url == "capture":
+        console.print(f"captured messages are in {cfg.settings.var_dir / 'outbox'} (a Maildir; "
+                      "open the files in new/ with any mail program)")
+    undelivered = sum(counts[s] for s in (DeliveryStatus.FAILED, DeliveryStatus.UNKNOWN,
+                                          DeliveryStatus.PENDING, DeliveryStatus.SENDING))
+    return 0 if undelivered == 0 else 1
+
+
+def _summary(counts: dict[DeliveryStatus, int]) -> Table:
+    table = Table("sent", "failed", "retrying", "unknown", "skipped", title="summary")
+    table.add_row(str(counts[DeliveryStatus.SENT]), str(counts[DeliveryStatus.FAILED]),
+                  str(counts[DeliveryStatus.PENDING] + counts[DeliveryStatus.SENDING]),
+                  str(counts[DeliveryStatus.UNKNOWN]), str(counts[DeliveryStatus.SKIPPED]))
+    return table
+
+
+def preview(cfg: Config, path: Path, *, fmt: str, newsletter_id: str | None) -> bytes:
+    """The bytes `mailer preview` shows for an issue in the given format."""
+    newsletter = _newsletter_of(cfg, path, newsletter_id)
+    issue = content.load_issue(path, tz=newsletter.tz)
+    if fmt == "mjml":
+        return render.render_issue_mjml(issue, newsletter, cfg.settings,
+                                        templates_dir=cfg.templates_dir).encode()
+    letter = _letter(cfg, newsletter, issue)
+    if fmt == "eml":
+        return _sample_message(cfg, newsletter, letter, *SAMPLE_RECIPIENT)
+    sample = f"{cfg.settings.base_url}/unsubscribe/SAMPLE"
+    html, text = render.personalize(letter.rendered, unsubscribe_url=sample)
+    return (html if fmt == "html" else text).encode()
+
+
+def _newsletter_of(cfg: Config, path: Path, newsletter_id: str | None) -> Newsletter:
+    if newsletter_id:
+        return cfg.newsletter(newsletter_id)
+    folder = path.resolve().parent
+    for newsletter in cfg.newsletters.values():
+        if newsletter.issues == folder:
+            return newsletter
+    if len(cfg.newsletters) == 1:
+        return next(iter(cfg.newsletters.values()))
+    raise InputError("which newsletter's template? add --newsletter ID", file=str(path))

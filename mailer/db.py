@@ -1,0 +1,91 @@
+"""Database engine, session factory and automatic migrations (SQLite by default, PostgreSQL too)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config as AlembicConfig
+from sqlalchemy import event
+from sqlalchemy.engine import Connection, make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
+
+from mailer.errors import ConfigError
+
+MIGRATIONS = Path(__file__).with_name("migrations")
+
+
+def async_url(database_url: str) -> str:
+    """Map the URLs users write (sqlite:///, postgresql://) to their asyncio drivers.
+
+    Raises:
+        ConfigError: for a database the project does not support.
+    """
+    url = make_url(database_url)
+    backend = url.get_backend_name()
+    if backend == "sqlite":
+        url = url.set(drivername="sqlite+aiosqlite")
+    elif backend in ("postgresql", "postgres"):
+        url = url.set(drivername="postgresql+asyncpg")
+    else:
+        raise ConfigError(f"unsupported database {backend!r} (use sqlite or postgresql)",
+                          field="settings.database_url")
+    return url.render_as_string(hide_password=False)
+
+
+def is_sqlite(engine: AsyncEngine) -> bool:
+    return engine.dialect.name == "sqlite"
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    # WAL lets the web endpoints read while a send writes; busy_timeout makes a second
+    # process wait for the write lock instead of failing at once. synchronous=NORMAL
+    # in WAL mode still survives a process crash (only a power loss can drop the
+    # last commits), which is the failure we promise about.
+    cursor = dbapi_conn.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.close()
+    # Take over transaction control from the driver so every transaction can start with
+    # BEGIN IMMEDIATE (see _sqlite_begin).
+    dbapi_conn.isolation_level = None
+
+
+def _sqlite_begin(conn: Any) -> None:
+    # A deferred transaction that reads and then writes cannot wait for the write lock
+    # (SQLITE_BUSY at once, busy_timeout does not apply); IMMEDIATE takes the lock first.
+    conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def create_engine(database_url: str) -> AsyncEngine:
+    """An async engine for the configured database; creates the SQLite file's folder."""
+    url = async_url(database_url)
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        if parsed.database and parsed.database != ":memory:":
+            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_async_engine(url)
+        event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+        event.listen(engine.sync_engine, "begin", _sqlite_begin)
+        return engine
+    return create_async_engine(url, pool_size=10, max_overflow=10, pool_pre_ping=True)
+
+
+def sessionmaker(engine: AsyncEngine) -> async_sessionmaker[Any]:
+    return async_sessionmaker(engine, expire_on_commit=False)
+
+
+def _upgrade(connection: Connection) -> None:
+    cfg = AlembicConfig()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    cfg.attributes["connection"] = connection
+    command.upgrade(cfg, "head")
+
+
+async def migrate(engine: AsyncEngine) -> None:
+    """Bring the schema to the newest migration; run on every start, a no-op when current."""
+    async with engine.begin() as conn:
+        await conn.run_sync(_upgrade)

@@ -1,0 +1,268 @@
+"""The send pipeline: claim batches, send over N persistent connections, journal every outcome."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from mailer import tokens
+from mailer.errors import DeliveryInDoubt, PermanentFailure, TemporaryFailure
+from mailer.message import Letter, build_message, message_id
+from mailer.models import DeliveryStatus, utcnow
+from mailer.store import Outcome, Recipient, Store
+from mailer.transport import SmtpTransport
+
+log = logging.getLogger("mailer.dispatch")
+
+
+@dataclass(frozen=True)
+class DispatchSettings:
+    concurrency: int = 10
+    batch_size: int = 200
+    max_attempts: int = 5
+    retry_base_seconds: float = 30.0
+    hard_bounce_limit: int = 1
+    poll_seconds: float = 0.5
+
+
+@dataclass
+class Tally:
+    """Outcomes seen by this process during one run (the store holds the full truth)."""
+
+    sent: int = 0
+    failed: int = 0
+    retried: int = 0
+    unknown: int = 0
+    failures: list[str] = field(default_factory=list)
+
+    def count(self, outcome: Outcome) -> None:
+        if outcome.status == DeliveryStatus.SENT:
+            self.sent += 1
+        elif outcome.status == DeliveryStatus.FAILED:
+            self.failed += 1
+        elif outcome.status == DeliveryStatus.UNKNOWN:
+            self.unknown += 1
+        else:
+            self.retried += 1
+
+
+def retry_delay(attempts: int, base: float) -> timedelta:
+    """Exponential backoff with full jitter: retries of many recipients spread out."""
+    ceiling = min(3600.0, base * 2 ** max(0, attempts - 1))
+    return timedelta(seconds=random.uniform(ceiling / 2, ceiling))
+
+
+def outcome_of(recipient: Recipient, exc: BaseException | None, reply: tuple[int, str] | None,
+               *, msg_id: str, settings: DispatchSettings, now: datetime) -> Outcome:
+    """Map the result of one SMTP transaction to the delivery's next state."""
+    rid = recipient.delivery_id
+    if exc is None:
+        assert reply is not None
+        return Outcome(rid, DeliveryStatus.SENT, reply[0], reply[1], message_id=msg_id)
+    if isinstance(exc, DeliveryInDoubt):
+        return Outcome(rid, DeliveryStatus.UNKNOWN, None, str(exc))
+    if isinstance(exc, PermanentFailure):
+        return Outcome(rid, DeliveryStatus.FAILED, exc.code, str(exc), bounce=True)
+    assert isinstance(exc, TemporaryFailure)
+    attempts = recipient.attempts + 1
+    if attempts >= settings.max_attempts:
+        return Outcome(rid, DeliveryStatus.FAILED, exc.code, f"gave up after {attempts} "
+                       f"attempts: {exc}")
+    return Outcome(rid, DeliveryStatus.PENDING, exc.code, str(exc),
+                   retry_at=now + retry_delay(attempts, settings.retry_base_seconds))
+
+
+class Journal:
+    """Group commit of delivery state changes for all workers of a process.
+
+    Each worker hands in the outcome of its last message and the id of its next one and
+    waits; whatever arrived while the previous commit ran is written in the next one.
+    So the database sees one commit per round of workers, not two per message, and yet
+    no message starts before its SENDING mark is durable.
+    """
+
+    def __init__(self, store: Store, *, worker_id: str, bounce_limit: int) -> None:
+        self._store = store
+        self._worker_id = worker_id
+        self._bounce_limit = bounce_limit
+        self._waiting: list[tuple[int | None, Outcome | None, asyncio.Future[bool]]] = []
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> Journal:
+        self._task = asyncio.create_task(self._run(), name="mailer-journal")
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._task is not None
+        self._task.cancel()
+        try:
+            await self._task
+        except asyncio.CancelledError:
+            pass
+
+    async def submit(self, *, start: int | None = None, outcome: Outcome | None = None) -> bool:
+        """Durably record `outcome` and mark `start` SENDING; True if `start` may be sent."""
+        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._waiting.append((start, outcome, future))
+        self._wake.set()
+        return await future
+
+    async def _run(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            batch, self._waiting = self._waiting, []
+            if not batch:
+                continue
+            try:
+                allowed = await self._store.journal(
+                    worker_id=self._worker_id,
+                    started=[s for s, _, _ in batch if s is not None],
+                    outcomes=[o for _, o, _ in batch if o is not None],
+                    bounce_limit=self._bounce_limit,
+                )
+            except Exception as exc:  # the waiting workers decide what to do with it
+                for _, _, future in batch:
+                    if not future.done():
+                        future.set_exception(exc)
+                continue
+            for start, _, future in batch:
+                if not future.done():
+                    future.set_result(start is not None and start in allowed)
+
+
+class Dispatcher:
+    """Sends one send's pending deliveries from this process until none is left or stop()."""
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        send_id: int,
+        letter: Letter,
+        secret_key: str,
+        base_url: str,
+        worker_id: str,
+        transport_factory: Callable[[], SmtpTransport],
+        settings: DispatchSettings,
+        on_outcome: Callable[[Outcome], None] | None = None,
+    ) -> None:
+        self.store = store
+        self.send_id = send_id
+        self.letter = letter
+        self.secret_key = secret_key
+        self.base_url = base_url.rstrip("/")
+        self.worker_id = worker_id
+        self.transport_factory = transport_factory
+        self.settings = settings
+        self.on_outcome = on_outcome
+        self.tally = Tally()
+        self._stopping = asyncio.Event()
+        self._queue: asyncio.Queue[Recipient | None] = asyncio.Queue(
+            maxsize=max(settings.batch_size, settings.concurrency * 2)
+        )
+
+    def stop(self) -> None:
+        """Take no new message; in-flight transactions finish and are recorded."""
+        self._stopping.set()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping.is_set()
+
+    async def run(self) -> Tally:
+        """Run until every delivery of the send is finished here or elsewhere, or stop()."""
+        async with Journal(self.store, worker_id=self.worker_id,
+                           bounce_limit=self.settings.hard_bounce_limit) as journal:
+            workers = [asyncio.create_task(self._worker(journal), name=f"mailer-smtp-{i}")
+                       for i in range(self.settings.concurrency)]
+            claimer = asyncio.create_task(self._claim_loop(), name="mailer-claim")
+            await asyncio.wait([claimer, *workers], return_when=asyncio.FIRST_EXCEPTION)
+            if claimer.done() and claimer.exception() is None:
+                for _ in workers:
+                    await self._queue.put(None)
+                await asyncio.wait(workers, return_when=asyncio.FIRST_EXCEPTION)
+            failed = [t for t in (claimer, *workers) if t.done() and t.exception() is not None]
+            if failed:
+                # A broken database or a bug: stop everything; rows left SENDING become
+                # UNKNOWN on the next start, claimed ones go back to the queue.
+                for task in (claimer, *workers):
+                    task.cancel()
+                await asyncio.gather(claimer, *workers, return_exceptions=True)
+                raise failed[0].exception()  # type: ignore[misc]
+        return self.tally
+
+    async def _claim_loop(self) -> None:
+        while not self.stopping:
+            batch = await self.store.claim_deliveries(
+                self.send_id, worker_id=self.worker_id, limit=self.settings.batch_size,
+                now=utcnow(),
+            )
+            for recipient in batch:
+                await self._queue.put(recipient)
+            if batch:
+                continue
+            # Nothing to claim: wait for our own in-flight messages, retries coming due or
+            # other workers' claims, and stop once the send has nothing open anywhere.
+            await self._queue.join()
+            if await self.store.open_deliveries(self.send_id) == 0:
+                return
+            try:
+                await asyncio.wait_for(self._stopping.wait(), self.settings.poll_seconds)
+            except TimeoutError:
+                pass
+
+    async def _worker(self, journal: Journal) -> None:
+        transport = self.transport_factory()
+        last: Outcome | None = None
+        try:
+            while True:
+                recipient = await self._queue.get()
+                try:
+                    if recipient is None:
+                        break
+                    if self.stopping:
+                        continue  # stays claimed; released when this worker unregisters
+                    may_send = await journal.submit(start=recipient.delivery_id, outcome=last)
+                    last = None
+                    if may_send:
+                        last = await self._deliver(transport, recipient)
+                    if last is not None and (self._queue.empty() or self.stopping):
+                        # Nothing follows at once to carry this outcome: write it now, so
+                        # the claim loop's queue.join() sees the send as it really is.
+                        await journal.submit(outcome=last)
+                        last = None
+                finally:
+                    self._queue.task_done()
+        finally:
+            if last is not None:
+                await journal.submit(outcome=last)
+            await transport.aclose()
+
+    async def _deliver(self, transport: SmtpTransport, recipient: Recipient) -> Outcome:
+        msg_id = message_id(self.letter.sender_domain)
+        unsubscribe_url = (f"{self.base_url}/unsubscribe/"
+                           f"{tokens.unsubscribe_token(self.secret_key, recipient.subscription_id or 0)}")
+        message = build_message(self.letter, to_email=recipient.email, to_name=recipient.name,
+                                unsubscribe_url=unsubscribe_url, msg_id=msg_id, date=utcnow())
+        error: BaseException | None = None
+        reply: tuple[int, str] | None = None
+        try:
+            reply = await transport.send(self.letter.sender_address, recipient.email,
+                                         message.as_bytes())
+        except (TemporaryFailure, PermanentFailure, DeliveryInDoubt) as exc:
+            error = exc
+        outcome = outcome_of(recipient, error, reply, msg_id=msg_id, settings=self.settings,
+                             now=utcnow())
+        self.tally.count(outcome)
+        if outcome.status == DeliveryStatus.FAILED:
+            log.warning("delivery failed", extra={"recipient_id": recipient.delivery_id,
+                                                  "reply": outcome.smtp_reply})
+        if self.on_outcome:
+            self.on_outcome(outcome)
+        return outcome

@@ -1,0 +1,47 @@
+"""The token-signing key: from the environment, a 0600 file, or generated once into var/."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import stat
+import sys
+from pathlib import Path
+
+from mailer.errors import ConfigError
+
+
+def load_or_create_secret_key(configured: str | None, var_dir: Path) -> str:
+    """The key that signs confirm/unsubscribe tokens.
+
+    A configured key (MAILER_SECRET_KEY or its file) wins. Otherwise the key kept in
+    var/secret.key is used, and made on first use with mode 0600, saying so on stderr:
+    the key must survive restarts, or every unsubscribe link already sent would break.
+
+    Raises:
+        ConfigError: var/secret.key exists but others can read it, or it is empty.
+    """
+    if configured:
+        return configured
+    path = var_dir / "secret.key"
+    if path.exists():
+        mode = stat.S_IMODE(path.stat().st_mode)
+        if mode & 0o077:
+            raise ConfigError(f"mode {mode:o} lets others read the key; run: chmod 600 {path}",
+                              file=str(path))
+        key = path.read_text().strip()
+        if not key:
+            raise ConfigError("the key file is empty", file=str(path))
+        return key
+    var_dir.mkdir(parents=True, exist_ok=True)
+    key = secrets.token_urlsafe(32)
+    # O_EXCL: two processes starting at once must not each write a different key.
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return load_or_create_secret_key(None, var_dir)
+    with os.fdopen(fd, "w") as f:
+        f.write(key + "\n")
+    print(f"mailer: generated a token-signing key in {path} (mode 0600); keep it, "
+          "or set MAILER_SECRET_KEY", file=sys.stderr)
+    return key

@@ -1,0 +1,191 @@
+"""SQLAlchemy 2 models: subscribers, their subscriptions, sends and per-recipient deliveries."""
+
+from __future__ import annotations
+
+import enum
+from datetime import UTC, datetime
+
+from sqlalchemy import (
+    DateTime,
+    Enum,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+)
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Stores UTC and always hands back tz-aware datetimes (SQLite keeps no zone)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTC column")
+        return value.astimezone(UTC)
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+class SubscriptionStatus(enum.StrEnum):
+    PENDING = "pending"
+    CONFIRMED = "confirmed"
+    UNSUBSCRIBED = "unsubscribed"
+    BOUNCED = "bounced"
+
+
+class SendStatus(enum.StrEnum):
+    SENDING = "sending"
+    PAUSED = "paused"
+    FINISHED = "finished"
+
+
+class DeliveryStatus(enum.StrEnum):
+    PENDING = "pending"  # waiting, or claimed by a worker (claimed_by set) but not started
+    SENDING = "sending"  # an SMTP transaction was started; a crash here leaves it ambiguous
+    SENT = "sent"
+    FAILED = "failed"
+    UNKNOWN = "unknown"  # the sender died mid-transaction: maybe delivered, never resent blindly
+    SKIPPED = "skipped"  # unsubscribed, bounced or removed after the send was queued
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+# Stable constraint names so alembic migrations work the same on SQLite and PostgreSQL.
+naming = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+def _enum(cls: type[enum.StrEnum]) -> Enum:
+    # Stored as plain strings: no PostgreSQL ENUM type to migrate when a state is added.
+    return Enum(cls, native_enum=False, length=16, values_callable=lambda e: [m.value for m in e])
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=naming)
+    type_annotation_map = {
+        datetime: UTCDateTime(),
+        SubscriptionStatus: _enum(SubscriptionStatus),
+        SendStatus: _enum(SendStatus),
+        DeliveryStatus: _enum(DeliveryStatus),
+    }
+
+
+class Subscriber(Base):
+    __tablename__ = "subscribers"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    email: Mapped[str] = mapped_column(String(320), unique=True)  # normalised, see addresses.py
+    name: Mapped[str] = mapped_column(String(200), default="")
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    def __repr__(self) -> str:
+        return f"Subscriber(id={self.id!r}, email={self.email!r})"
+
+
+class Subscription(Base):
+    __tablename__ = "subscriptions"
+    __table_args__ = (
+        UniqueConstraint("subscriber_id", "newsletter"),
+        Index("ix_subscriptions_newsletter_status", "newsletter", "status"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    subscriber_id: Mapped[int] = mapped_column(ForeignKey("subscribers.id", ondelete="CASCADE"))
+    newsletter: Mapped[str] = mapped_column(String(64))
+    status: Mapped[SubscriptionStatus] = mapped_column(default=SubscriptionStatus.PENDING)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    confirmed_at: Mapped[datetime | None]
+    unsubscribed_at: Mapped[datetime | None]
+    bounced_at: Mapped[datetime | None]
+    confirm_sent_at: Mapped[datetime | None]
+    hard_bounces: Mapped[int] = mapped_column(Integer, default=0)
+
+    def __repr__(self) -> str:
+        return f"Subscription(id={self.id!r}, newsletter={self.newsletter!r}, status={self.status!r})"
+
+
+class Send(Base):
+    """One issue of one newsletter going out; holds the rendered content so a resume sends the same."""
+
+    __tablename__ = "sends"
+    __table_args__ = (UniqueConstraint("newsletter", "slug"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    newsletter: Mapped[str] = mapped_column(String(64))
+    slug: Mapped[str] = mapped_column(String(200))
+    subject: Mapped[str] = mapped_column(Text)
+    preheader: Mapped[str] = mapped_column(Text, default="")
+    html: Mapped[str] = mapped_column(Text)
+    text: Mapped[str] = mapped_column(Text)
+    web_url: Mapped[str] = mapped_column(Text)
+    status: Mapped[SendStatus] = mapped_column(default=SendStatus.SENDING)
+    pause_reason: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    finished_at: Mapped[datetime | None]
+
+    def __repr__(self) -> str:
+        return f"Send(id={self.id!r}, newsletter={self.newsletter!r}, slug={self.slug!r})"
+
+
+class Delivery(Base):
+    """One recipient of one send: the delivery log row whose state is the truth about that message."""
+
+    __tablename__ = "deliveries"
+    __table_args__ = (
+        UniqueConstraint("send_id", "subscription_id"),
+        Index("ix_deliveries_send_status", "send_id", "status"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    send_id: Mapped[int] = mapped_column(ForeignKey("sends.id", ondelete="CASCADE"))
+    # SET NULL: removing a subscriber keeps the send's history (email snapshot below).
+    subscription_id: Mapped[int | None] = mapped_column(
+        ForeignKey("subscriptions.id", ondelete="SET NULL")
+    )
+    email: Mapped[str] = mapped_column(String(320))
+    name: Mapped[str] = mapped_column(String(200), default="")
+    status: Mapped[DeliveryStatus] = mapped_column(default=DeliveryStatus.PENDING)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime | None]
+    claimed_by: Mapped[str | None] = mapped_column(String(120))
+    smtp_code: Mapped[int | None]
+    smtp_reply: Mapped[str | None] = mapped_column(Text)
+    message_id: Mapped[str | None] = mapped_column(String(250))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime | None]
+    sent_at: Mapped[datetime | None]
+
+    def __repr__(self) -> str:
+        return f"Delivery(id={self.id!r}, send_id={self.send_id!r}, status={self.status!r})"
+
+
+class Worker(Base):
+    """A live sending process; rows it claimed are freed when its heartbeat stops or its pid is gone."""
+
+    __tablename__ = "workers"
+
+    id: Mapped[str] = mapped_column(String(120), primary_key=True)
+    host: Mapped[str] = mapped_column(String(200))
+    pid: Mapped[int] = mapped_column(Integer)
+    started_at: Mapped[datetime] = mapped_column(default=utcnow)
+    heartbeat_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -1,0 +1,249 @@
+"""Issue and confirmation emails: Markdown + Jinja2 → MJML → HTML and plain text, once per issue."""
+
+from __future__ import annotations
+
+import functools
+import html
+import logging
+import re
+import textwrap
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
+
+import jinja2
+from markupsafe import Markup
+from mjml import mjml2html
+
+from mailer import markup
+from mailer.errors import RenderError
+
+if TYPE_CHECKING:
+    from mailer.config import Newsletter, Settings
+    from mailer.content import Issue
+
+log = logging.getLogger(__name__)
+
+UNSUBSCRIBE_SLOT = "https://unsubscribe.invalid/__mailer_unsubscribe__"
+CONFIRM_TEMPLATE = "confirm.mjml.j2"
+# Gmail clips messages whose HTML passes 102 KB and hides the rest, footer included.
+GMAIL_CLIP_BYTES = 102 * 1024
+
+# Templates mark what only makes sense in a subscriber's inbox (the unsubscribe link);
+# the web view cuts it out.
+_EMAIL_ONLY = re.compile(
+    r"<!--\s*mailer:email-only\s*-->.*?<!--\s*/mailer:email-only\s*-->", re.DOTALL
+)
+_CSS_COLOR = re.compile(r"#(?:[0-9a-fA-F]{3}){1,2}")
+
+
+@dataclass(frozen=True)
+class RenderedIssue:
+    """An issue rendered once for everyone; `UNSUBSCRIBE_SLOT` marks the per-recipient link."""
+
+    subject: str
+    preheader: str
+    html: str
+    text: str
+    web_url: str
+
+
+def render_issue(
+    issue: Issue, newsletter: Newsletter, settings: Settings, *, templates_dir: Path
+) -> RenderedIssue:
+    """Render an issue's HTML and text parts, leaving `UNSUBSCRIBE_SLOT` for `personalize`.
+
+    Raises:
+        RenderError: the template is missing or broken, or MJML refuses its output.
+    """
+    source = render_issue_mjml(issue, newsletter, settings, templates_dir=templates_dir)
+    page = _mjml_to_html(source, template=templates_dir / newsletter.template)
+    size = len(page.encode())
+    if size > GMAIL_CLIP_BYTES:
+        log.warning("issue %s: HTML is %d KB; Gmail clips messages past 102 KB",
+                    issue.slug, size // 1024)
+    web_url = issue_web_url(issue, newsletter, settings)
+    return RenderedIssue(
+        subject=issue.subject,
+        preheader=issue.preheader,
+        html=page,
+        text=_issue_text(issue, newsletter, settings, web_url=web_url),
+        web_url=web_url,
+    )
+
+
+def render_issue_mjml(
+    issue: Issue, newsletter: Newsletter, settings: Settings, *, templates_dir: Path
+) -> str:
+    """The MJML source of an issue email, before mjml2html (`mailer preview --format mjml`).
+
+    Raises:
+        RenderError: the template is missing or broken.
+    """
+    accent = _accent(newsletter)
+    body = markup.to_mjml(issue.body, accent_color=accent, allow_html=newsletter.allow_html)
+    return _render_template(
+        templates_dir,
+        newsletter.template,
+        newsletter=newsletter,
+        issue=issue,
+        accent=accent,
+        # An issue that opens with its own title should not show the subject twice.
+        show_subject=not _is_subject(markup.leading_heading(issue.body), issue.subject),
+        body=Markup(body),  # markup.to_mjml escaped everything from the issue
+        web_url=issue_web_url(issue, newsletter, settings),
+        unsubscribe_url=UNSUBSCRIBE_SLOT,
+        postal_address=settings.postal_address,
+    )
+
+
+def issue_web_url(issue: Issue, newsletter: Newsletter, settings: Settings) -> str:
+    """The public address of the issue's web view."""
+    return f"{settings.base_url}/issues/{newsletter.id}/{quote(issue.slug)}"
+
+
+def personalize(rendered: RenderedIssue, *, unsubscribe_url: str) -> tuple[str, str]:
+    """Fill one recipient's unsubscribe link into the (html, text) parts."""
+    return (
+        rendered.html.replace(UNSUBSCRIBE_SLOT, html.escape(unsubscribe_url, quote=True)),
+        rendered.text.replace(UNSUBSCRIBE_SLOT, unsubscribe_url),
+    )
+
+
+def render_web_view(rendered: RenderedIssue) -> str:
+    """The issue's HTML for the public archive, without anyone's unsubscribe link."""
+    page = _EMAIL_ONLY.sub("", rendered.html)
+    # A custom template may use the slot outside the markers: leave a link that goes nowhere.
+    return page.replace(UNSUBSCRIBE_SLOT, "#")
+
+
+def render_confirm(
+    newsletter: Newsletter, settings: Settings, *, confirm_url: str, templates_dir: Path
+) -> tuple[str, str, str]:
+    """The double opt-in email asking to confirm a subscription: (subject, html, text).
+
+    Raises:
+        RenderError: the template is missing or broken, or MJML refuses its output.
+    """
+    name = " ".join(newsletter.name.split())
+    subject = f"Confirm your subscription to {name}"
+    source = _render_template(
+        templates_dir,
+        CONFIRM_TEMPLATE,
+        newsletter=newsletter,
+        accent=_accent(newsletter),
+        subject=subject,
+        confirm_url=confirm_url,
+        days=settings.confirm_token_days,
+        postal_address=settings.postal_address,
+    )
+    page = _mjml_to_html(source, template=templates_dir / CONFIRM_TEMPLATE)
+    days = settings.confirm_token_days
+    text = "\n\n".join(
+        [
+            _underline(subject, "="),
+            _fill(f"Please confirm that you want to receive {name} at this address:"),
+            confirm_url,
+            _fill(
+                f"The link is valid for {days} day{'s' if days != 1 else ''}. If you did not "
+                "ask for this, ignore this email: you will not be subscribed."
+            ),
+            _footer([_fill(settings.postal_address)]),
+        ]
+    )
+    return subject, page, text + "\n"
+
+
+# --- helpers --------------------------------------------------------------------------------
+
+
+def _issue_text(
+    issue: Issue, newsletter: Newsletter, settings: Settings, *, web_url: str
+) -> str:
+    parts = [newsletter.name]
+    if not _is_subject(markup.leading_heading(issue.body), issue.subject):
+        parts.append(_underline(issue.subject, "="))
+    parts.append(markup.to_text(issue.body))
+    parts.append(
+        _footer(
+            [
+                _fill(newsletter.footer_text),
+                f"Unsubscribe: {UNSUBSCRIBE_SLOT}",
+                f"View in your browser: {web_url}",
+                _fill(settings.postal_address),
+            ]
+        )
+    )
+    return "\n\n".join(part for part in parts if part) + "\n"
+
+
+def _footer(lines: list[str]) -> str:
+    # "-- " is the signature separator of RFC 3676 §4.3; readers may fold what follows.
+    return "\n".join(["-- ", *(line for line in lines if line)])
+
+
+def _fill(text: str) -> str:
+    return textwrap.fill(
+        " ".join(text.split()), width=markup.TEXT_WIDTH,
+        break_long_words=False, break_on_hyphens=False,
+    )
+
+
+def _underline(title: str, mark: str) -> str:
+    lines = _fill(title).splitlines() or [""]
+    return "\n".join([*lines, mark * max(len(line) for line in lines)])
+
+
+def _is_subject(heading: str | None, subject: str) -> bool:
+    return heading is not None and heading.split() == subject.split()
+
+
+def _accent(newsletter: Newsletter) -> str:
+    # The colour lands in CSS, where HTML escaping protects nothing.
+    if not _CSS_COLOR.fullmatch(newsletter.accent_color):
+        raise RenderError("expected a hex colour like #2563eb", field="accent_color")
+    return newsletter.accent_color
+
+
+@functools.lru_cache(maxsize=16)
+def _environment(templates_dir: Path) -> jinja2.Environment:
+    return jinja2.Environment(
+        loader=jinja2.FileSystemLoader(templates_dir),
+        autoescape=jinja2.select_autoescape(["j2", "mjml", "html"], default_for_string=True),
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+    )
+
+
+def _render_template(templates_dir: Path, name: str, **context: Any) -> str:
+    file = str(templates_dir / name)
+    try:
+        return _environment(templates_dir).get_template(name).render(**context)
+    except jinja2.TemplateNotFound:
+        raise RenderError("template not found", file=file) from None
+    except jinja2.TemplateSyntaxError as exc:
+        raise RenderError(exc.message or "syntax error", file=file, line=exc.lineno) from None
+    except jinja2.UndefinedError as exc:
+        line = _template_line(exc.__traceback__, file)
+        raise RenderError(exc.message or "undefined value", file=file, line=line) from None
+
+
+def _template_line(tb: TracebackType | None, file: str) -> int | None:
+    # Jinja rewrites tracebacks so template frames carry the template's file and line.
+    line = None
+    while tb is not None:
+        if tb.tb_frame.f_code.co_filename == file:
+            line = tb.tb_lineno
+        tb = tb.tb_next
+    return line
+
+
+def _mjml_to_html(source: str, *, template: Path) -> str:
+    try:
+        # fonts={}: no Google Fonts <link> (a request to a third party on every open);
+        # no include_loader: a template cannot pull in files with <mj-include>.
+        return mjml2html(source, fonts={})
+    except ValueError as exc:
+        raise RenderError(f"MJML: {exc}", file=str(template)) from None

@@ -1,0 +1,61 @@
+"""Signed, purpose-bound tokens for confirm and unsubscribe links (itsdangerous, HMAC-SHA256)."""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import timedelta
+
+from itsdangerous import BadData, SignatureExpired, URLSafeSerializer, URLSafeTimedSerializer
+
+from mailer.errors import TokenError
+
+# The salt binds a token to its purpose: a confirm token never works as an unsubscribe
+# token and the other way round, even though both sign a subscription id.
+_CONFIRM = "mailer.confirm.v1"
+_UNSUBSCRIBE = "mailer.unsubscribe.v1"
+_SIGNER = {"digest_method": hashlib.sha256}
+
+
+def unsubscribe_token(secret_key: str, subscription_id: int) -> str:
+    """The token in a subscriber's unsubscribe link; it never expires (old issues keep working)."""
+    return str(URLSafeSerializer(secret_key, salt=_UNSUBSCRIBE, signer_kwargs=_SIGNER)
+               .dumps(subscription_id))
+
+
+def read_unsubscribe_token(secret_key: str, token: str) -> int:
+    """The subscription id an unsubscribe token was made for.
+
+    Raises:
+        TokenError: the token was not made with this key for unsubscribing.
+    """
+    try:
+        value = URLSafeSerializer(secret_key, salt=_UNSUBSCRIBE, signer_kwargs=_SIGNER).loads(token)
+    except BadData:
+        raise TokenError("this unsubscribe link is not valid") from None
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise TokenError("this unsubscribe link is not valid")
+    return value
+
+
+def confirm_token(secret_key: str, subscription_id: int) -> str:
+    """The token in a double opt-in confirmation link; it carries its signing time."""
+    return str(URLSafeTimedSerializer(secret_key, salt=_CONFIRM, signer_kwargs=_SIGNER)
+               .dumps(subscription_id))
+
+
+def read_confirm_token(secret_key: str, token: str, *, max_age: timedelta) -> int:
+    """The subscription id a confirmation token was made for, if it is younger than max_age.
+
+    Raises:
+        TokenError: forged, made for another purpose, or expired.
+    """
+    serializer = URLSafeTimedSerializer(secret_key, salt=_CONFIRM, signer_kwargs=_SIGNER)
+    try:
+        value = serializer.loads(token, max_age=int(max_age.total_seconds()))
+    except SignatureExpired:
+        raise TokenError("this confirmation link has expired; please subscribe again") from None
+    except BadData:
+        raise TokenError("this confirmation link is not valid") from None
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise TokenError("this confirmation link is not valid")
+    return value

@@ -1,0 +1,154 @@
+"""SMTP transport: one persistent aiosmtplib connection per worker, and RFC 5321 reply classes."""
+
+from __future__ import annotations
+
+import ssl
+from dataclasses import dataclass
+from urllib.parse import parse_qs, unquote, urlsplit
+
+import aiosmtplib
+
+from mailer.errors import (
+    ConfigError,
+    DeliveryError,
+    DeliveryInDoubt,
+    PermanentFailure,
+    TemporaryFailure,
+)
+
+
+@dataclass(frozen=True)
+class SmtpTarget:
+    """Where and how to connect, parsed from `smtp_url`."""
+
+    host: str
+    port: int
+    username: str | None = None
+    password: str | None = None
+    use_tls: bool = False  # smtps:// — TLS from the first byte (port 465)
+    start_tls: bool | None = None  # None: upgrade if the server offers it
+    validate_certs: bool = True
+    timeout: float = 60.0
+
+
+def parse_smtp_url(url: str, *, password: str | None = None) -> SmtpTarget:
+    """`smtp://user@host:587?starttls=true`, `smtps://host:465`, `smtp://127.0.0.1:2525`.
+
+    Raises:
+        ConfigError: an unknown scheme, no host, or a password written into the URL.
+    """
+    parts = urlsplit(url)
+    if parts.scheme not in ("smtp", "smtps") or not parts.hostname:
+        raise ConfigError("expected capture, smtp://[user@]host[:port] or smtps://host[:port]",
+                          field="settings.smtp_url")
+    if parts.password:
+        raise ConfigError("put the password in MAILER_SMTP_PASSWORD, not in the URL",
+                          field="settings.smtp_url")
+    query = {k: v[-1].lower() for k, v in parse_qs(parts.query).items()}
+    use_tls = parts.scheme == "smtps"
+    start_tls: bool | None = None
+    if "starttls" in query:
+        start_tls = query["starttls"] in ("1", "true", "yes")
+    return SmtpTarget(
+        host=parts.hostname,
+        port=parts.port or (465 if use_tls else 587 if start_tls else 25),
+        username=unquote(parts.username) if parts.username else None,
+        password=password,
+        use_tls=use_tls,
+        start_tls=start_tls,
+        validate_certs=query.get("verify", "true") not in ("0", "false", "no"),
+        timeout=float(query.get("timeout", "60")),
+    )
+
+
+def classify(code: int, reply: str, recipient: str | None = None) -> DeliveryError:
+    """The error for an SMTP reply code.
+
+    RFC 5321 §4.2.1: 4yz is transient, 5yz permanent. 552 (mailbox full / storage) is
+    treated as transient on purpose: §4.5.3.1.10 notes clients should treat it as 452,
+    and a full mailbox empties.
+    """
+    message = f"{code} {reply}".strip()
+    if code >= 500 and code != 552:
+        return PermanentFailure(message, code=code, reply=reply, recipient=recipient)
+    return TemporaryFailure(message, code=code, reply=reply, recipient=recipient)
+
+
+class SmtpTransport:
+    """A reusable SMTP connection: connects on first use and again after a drop or a 421."""
+
+    def __init__(self, target: SmtpTarget, *, tls_context: ssl.SSLContext | None = None) -> None:
+        self.target = target
+        self._tls_context = tls_context
+        self._client: aiosmtplib.SMTP | None = None
+
+    async def _connection(self) -> aiosmtplib.SMTP:
+        if self._client is not None and self._client.is_connected:
+            return self._client
+        t = self.target
+        client = aiosmtplib.SMTP(
+            hostname=t.host, port=t.port, username=t.username, password=t.password,
+            use_tls=t.use_tls, start_tls=t.start_tls, validate_certs=t.validate_certs,
+            tls_context=self._tls_context, timeout=t.timeout,
+        )
+        try:
+            await client.connect()
+        except aiosmtplib.SMTPResponseException as exc:
+            raise classify(exc.code, exc.message) from exc
+        except (aiosmtplib.SMTPException, OSError) as exc:
+            raise TemporaryFailure(f"cannot connect to {t.host}:{t.port}: {exc}") from exc
+        self._client = client
+        return client
+
+    async def send(self, sender: str, recipient: str, data: bytes) -> tuple[int, str]:
+        """Run one SMTP transaction; returns the server's final (code, reply).
+
+        Raises:
+            TemporaryFailure: 4xx or a connection problem before the data was handed over.
+            PermanentFailure: 5xx.
+            DeliveryInDoubt: the connection died while the server held the whole message.
+        """
+        client = await self._connection()
+        try:
+            await client.mail(sender)
+            await client.rcpt(recipient)
+        except aiosmtplib.SMTPResponseException as exc:
+            await self._reset_or_drop(client, exc.code)
+            raise classify(exc.code, exc.message, recipient) from exc
+        except (aiosmtplib.SMTPException, OSError) as exc:
+            self._drop()
+            raise TemporaryFailure(f"connection lost: {exc}", recipient=recipient) from exc
+        try:
+            response = await client.data(data)
+        except aiosmtplib.SMTPResponseException as exc:
+            await self._reset_or_drop(client, exc.code)
+            raise classify(exc.code, exc.message, recipient) from exc
+        except (aiosmtplib.SMTPException, OSError) as exc:
+            self._drop()
+            raise DeliveryInDoubt(f"connection lost during DATA: {exc}",
+                                  recipient=recipient) from exc
+        return response.code, response.message
+
+    async def _reset_or_drop(self, client: aiosmtplib.SMTP, code: int) -> None:
+        # 421 means the server is closing the channel (RFC 5321 §3.8): reconnect next time.
+        if code == 421 or not client.is_connected:
+            self._drop()
+            return
+        try:
+            await client.rset()
+        except (aiosmtplib.SMTPException, OSError):
+            self._drop()
+
+    def _drop(self) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
+    async def aclose(self) -> None:
+        """Say QUIT politely; a server that is already gone is fine."""
+        client, self._client = self._client, None
+        if client is not None and client.is_connected:
+            try:
+                await client.quit()
+            except (aiosmtplib.SMTPException, OSError):
+                client.close()
