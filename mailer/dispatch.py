@@ -182,7 +182,9 @@ class Dispatcher:
             workers = [asyncio.create_task(self._worker(journal), name=f"mailer-smtp-{i}")
                        for i in range(self.settings.concurrency)]
             claimer = asyncio.create_task(self._claim_loop(), name="mailer-claim")
-            await asyncio.wait([claimer, *workers], return_when=asyncio.FIRST_EXCEPTION)
+            # Workers only end on the sentinel or by failing, so the first task to finish
+            # is either the claimer (all claimed work handed out) or a broken worker.
+            await asyncio.wait([claimer, *workers], return_when=asyncio.FIRST_COMPLETED)
             if claimer.done() and claimer.exception() is None:
                 for _ in workers:
                     await self._queue.put(None)

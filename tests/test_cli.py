@@ -1,0 +1,237 @@
+"""The `mailer` command as a user runs it: a real process, a real SQLite file, a real SMTP server."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import Project
+from tests.smtpd import ServerThread
+
+SUBSCRIBERS = ["ada@example.com", "grace@example.com", "alan@example.org"]
+
+
+@pytest.fixture
+def db_url(tmp_path: Path) -> str:
+    # The CLI is a thin layer over the store; the store tests cover PostgreSQL.
+    return f"sqlite:///{tmp_path}/project/var/mailer.db"
+
+
+def mailer(project: Project, *args: str, env: dict[str, str] | None = None,
+           ) -> subprocess.CompletedProcess[str]:
+    environment = {**os.environ, "MAILER_SECRET_KEY": "cli-test-key", "COLUMNS": "200",
+                   **(env or {})}
+    environment.pop("MAILER_CONFIG", None)
+    return subprocess.run(
+        [sys.executable, "-m", "mailer", "--config", str(project.config_path), *args],
+        capture_output=True, text=True, env=environment, cwd=project.root, timeout=120,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+def error_lines(result: subprocess.CompletedProcess[str]) -> list[str]:
+    return [line for line in result.stderr.splitlines() if line.strip()]
+
+
+def add_confirmed(project: Project, *emails: str) -> None:
+    csv = project.root / "subscribers.csv"
+    csv.write_text("email,name\n" + "".join(f"{e},\n" for e in emails), encoding="utf-8")
+    result = mailer(project, "subscribers", "import", str(csv), "--list", "ml-issues",
+                    "--confirmed")
+    assert result.returncode == 0, result.stderr
+
+
+def test_send_now_delivers_one_message_per_confirmed_subscriber_and_then_nothing(
+    project: Project,
+) -> None:
+    with ServerThread() as server:
+        project.configure(smtp_url=f"smtp://127.0.0.1:{server.port}")
+        add_confirmed(project, *SUBSCRIBERS)
+        pending = mailer(project, "subscribers", "add", "pending@example.com", "--list",
+                         "ml-issues")
+        assert pending.returncode == 0, pending.stderr
+        confirm_mails = len(server.messages)  # the pending address got its confirmation
+
+        first = mailer(project, "send-now", "ml-issues", "--yes")
+        assert first.returncode == 0, first.stderr
+        issue_mails = server.messages[confirm_mails:]
+        assert sorted(r for m in issue_mails for r in m.rcpt_tos) == sorted(SUBSCRIBERS)
+        assert "3" in first.stdout and "sent" in first.stdout
+
+        second = mailer(project, "send-now", "ml-issues", "--yes")
+        assert second.returncode == 0, second.stderr
+        assert "nothing to send" in second.stdout
+        assert len(server.messages) == confirm_mails + 3
+
+    status = mailer(project, "status", "ml-issues")
+    assert status.returncode == 0
+    assert "2026-12-07-first-issue" in status.stdout and "finished" in status.stdout
+
+
+def test_sent_messages_are_multipart_alternative_with_the_contract_headers(
+    project: Project,
+) -> None:
+    with ServerThread() as server:
+        project.configure(smtp_url=f"smtp://127.0.0.1:{server.port}")
+        add_confirmed(project, *SUBSCRIBERS)
+        assert mailer(project, "send-now", "ml-issues", "--yes").returncode == 0
+        messages = [m.parsed() for m in server.messages]
+
+    for message in messages:
+        assert message.get_content_type() == "multipart/alternative"
+        parts = [p.get_content_type() for p in message.iter_parts()]
+        assert parts == ["text/plain", "text/html"]
+        for header in ("From", "To", "Subject", "Date", "Message-ID", "List-Id",
+                       "List-Unsubscribe", "List-Unsubscribe-Post"):
+            assert message[header], header
+        assert message["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+    assert len({m["Message-ID"] for m in messages}) == 3
+    assert len({m["List-Unsubscribe"] for m in messages}) == 3
+
+
+def test_dry_run_counts_recipients_and_sends_and_records_nothing(project: Project) -> None:
+    with ServerThread() as server:
+        project.configure(smtp_url=f"smtp://127.0.0.1:{server.port}")
+        add_confirmed(project, *SUBSCRIBERS)
+        result = mailer(project, "send-now", "ml-issues", "--dry-run")
+        assert result.returncode == 0, result.stderr
+        assert "3 confirmed" in result.stdout
+        assert server.messages == []
+        # Nothing recorded: the real send afterwards still reaches everyone.
+        assert mailer(project, "send-now", "ml-issues", "--yes").returncode == 0
+        assert len(server.messages) == 3
+
+
+def test_to_sends_one_test_copy_that_is_not_recorded_as_the_issues_send(
+    project: Project,
+) -> None:
+    with ServerThread() as server:
+        project.configure(smtp_url=f"smtp://127.0.0.1:{server.port}")
+        add_confirmed(project, *SUBSCRIBERS)
+        result = mailer(project, "send-now", "ml-issues", "--to", "editor@example.com")
+        assert result.returncode == 0, result.stderr
+        assert [m.rcpt_tos for m in server.messages] == [["editor@example.com"]]
+
+        assert mailer(project, "send-now", "ml-issues", "--yes").returncode == 0
+        assert sorted(r for m in server.messages[1:] for r in m.rcpt_tos) == sorted(SUBSCRIBERS)
+
+
+def test_send_now_exits_1_and_names_the_failure_when_a_recipient_is_refused(
+    project: Project,
+) -> None:
+    with ServerThread(reject_rcpt={"alan@example.org": "550 5.1.1 no such user"}) as server:
+        project.configure(smtp_url=f"smtp://127.0.0.1:{server.port}")
+        add_confirmed(project, *SUBSCRIBERS)
+        result = mailer(project, "send-now", "ml-issues", "--yes")
+    assert result.returncode == 1
+    assert "alan@example.org" in result.stdout and "no such user" in result.stdout
+
+
+def test_send_now_without_yes_and_without_a_terminal_refuses(project: Project) -> None:
+    with ServerThread() as server:
+        project.configure(smtp_url=f"smtp://127.0.0.1:{server.port}")
+        add_confirmed(project, *SUBSCRIBERS)
+        result = mailer(project, "send-now", "ml-issues")
+        assert result.returncode == 2
+        assert "--yes" in result.stderr
+        assert server.messages == []
+
+
+def test_the_capture_server_writes_every_message_into_the_outbox_maildir(
+    project: Project,
+) -> None:
+    project.configure(smtp_url="capture")
+    add_confirmed(project, *SUBSCRIBERS)
+    result = mailer(project, "send-now", "ml-issues", "--yes")
+    assert result.returncode == 0, result.stderr
+    outbox = project.root / "var" / "outbox" / "new"
+    assert len(list(outbox.iterdir())) == 3
+    assert str(project.root / "var" / "outbox") in result.stdout.replace("\n", "")
+
+
+def test_subscribers_add_list_export_and_remove(project: Project) -> None:
+    project.configure()
+    added = mailer(project, "subscribers", "add", "Ada@Example.COM", "--list", "ml-issues",
+                   "--name", "Ada Lovelace", "--confirmed")
+    assert added.returncode == 0, added.stderr
+    exported = mailer(project, "subscribers", "export", "--list", "ml-issues")
+    assert exported.returncode == 0
+    lines = exported.stdout.splitlines()
+    assert lines[0] == "email,name,status,created_at,confirmed_at"
+    assert lines[1].startswith("Ada@example.com,Ada Lovelace,confirmed,")
+    assert "Ada@example.com" in mailer(project, "subscribers", "list", "--list",
+                                       "ml-issues").stdout
+    assert mailer(project, "subscribers", "remove", "Ada@example.com", "--list",
+                  "ml-issues").returncode == 0
+    after = mailer(project, "subscribers", "export", "--list", "ml-issues")
+    assert after.stdout.splitlines() == [lines[0]]
+
+
+# -- bad input: exit 2, one line naming the place, nothing stored ---------------------------
+
+
+@pytest.mark.parametrize(("yaml_text", "expected"), [
+    ("settings:\n  concurrency: [1\nnewsletters: {}\n", "malformed YAML"),
+    ("settings:\n  concurency: 3\nnewsletters: {}\n", "settings.concurency: unknown key"),
+    ("newsletters:\n  ml-issues:\n    name: X\n    from: not-an-address\n"
+     "    issues: content/ml-issues\n", "newsletters.ml-issues.from"),
+])
+def test_a_broken_schedules_yaml_exits_2_with_one_line_naming_file_and_key(
+    project: Project, yaml_text: str, expected: str,
+) -> None:
+    project.config_path.write_text(yaml_text, encoding="utf-8")
+    result = mailer(project, "send-now", "ml-issues", "--yes")
+    assert result.returncode == 2
+    lines = error_lines(result)
+    assert len(lines) == 1, result.stderr
+    assert str(project.config_path) in lines[0] and expected in lines[0]
+
+
+def test_broken_front_matter_exits_2_naming_the_issue_file_and_sends_nothing(
+    project: Project,
+) -> None:
+    with ServerThread() as server:
+        project.configure(smtp_url=f"smtp://127.0.0.1:{server.port}")
+        add_confirmed(project, *SUBSCRIBERS)
+        broken = project.write_issue(
+            "2026-11-30-broken.md", "---\nsubject: [unclosed\nstatus: ready\n---\nBody\n")
+        result = mailer(project, "send-now", "ml-issues", "--yes")
+        assert result.returncode == 2
+        lines = error_lines(result)
+        assert len(lines) == 1 and str(broken) in lines[0], result.stderr
+        assert server.messages == []
+
+
+def test_a_csv_with_bad_rows_imports_nothing_and_lists_every_bad_line(project: Project) -> None:
+    project.configure()
+    csv = project.root / "people.csv"
+    csv.write_text(
+        "email,name\n"
+        "ok@example.com,Fine\n"
+        "not-an-address,Bad\n"
+        "also@ok.example.com,\n"
+        "two@@example.com,Bad\n"
+        "x@example.com,a,b\n",
+        encoding="utf-8",
+    )
+    result = mailer(project, "subscribers", "import", str(csv), "--list", "ml-issues",
+                    "--confirmed")
+    assert result.returncode == 2
+    lines = error_lines(result)
+    assert len(lines) == 1, result.stderr
+    for bad_line in ("line 3", "line 5", "line 6"):
+        assert bad_line in lines[0]
+    assert "line 2" not in lines[0] and "line 4" not in lines[0]
+    exported = mailer(project, "subscribers", "export", "--list", "ml-issues")
+    assert exported.stdout.splitlines() == ["email,name,status,created_at,confirmed_at"]
+
+
+def test_an_unknown_newsletter_exits_2_and_lists_the_known_ones(project: Project) -> None:
+    project.configure()
+    result = mailer(project, "send-now", "no-such-list", "--yes")
+    assert result.returncode == 2
+    assert "no-such-list" in result.stderr and "ml-issues" in result.stderr
