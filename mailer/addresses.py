@@ -9,7 +9,8 @@ from mailer.errors import SubscriberError
 MAX_NAME = 200
 
 
-def normalize_email(raw: str, *, check_deliverability: bool = False, where: str | None = None) -> str:
+def normalize_email(raw: str, *, check_deliverability: bool = False,
+                    where: str | None = None) -> str:
     """The canonical form of an address (domain lower-cased, IDNA-normalised).
 
     Raises:

@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import Annotated, Any, ParamSpec, TypeVar
 
 import typer
+from rich import box
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-from rich.table import Table
+from rich.table import Column, Table
 
 from mailer import config as config_mod
 from mailer import subscriptions
@@ -25,7 +25,8 @@ from mailer.store import Store
 
 app = typer.Typer(no_args_is_help=True, add_completion=False,
                   help="Markdown newsletters delivered on schedule, exactly once.")
-subscribers_app = typer.Typer(no_args_is_help=True, help="Add, import, export and remove subscribers.")
+subscribers_app = typer.Typer(no_args_is_help=True,
+                              help="Add, import, export and remove subscribers.")
 app.add_typer(subscribers_app, name="subscribers")
 
 out = Console()
@@ -92,9 +93,12 @@ def main_options(
 @fails_cleanly
 def send_now(
     newsletter: Annotated[str, typer.Argument(help="the newsletter id from schedules.yaml")],
-    issue: Annotated[Path | None, typer.Option(help="send this issue file instead of the due one")] = None,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="render and count, send nothing")] = False,
-    to: Annotated[str | None, typer.Option(help="send one test copy to this address only")] = None,
+    issue: Annotated[Path | None, typer.Option(
+        help="send this issue file instead of the due one")] = None,
+    dry_run: Annotated[bool, typer.Option(
+        "--dry-run", help="render and count, send nothing")] = False,
+    to: Annotated[str | None, typer.Option(
+        help="send one test copy to this address only")] = None,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="do not ask before sending")] = False,
     resend_unknown: Annotated[bool, typer.Option(
         "--resend-unknown", help="also resend deliveries whose outcome is unknown")] = False,
@@ -119,9 +123,11 @@ def preview(
     file: Annotated[Path, typer.Argument(help="the issue's Markdown file")],
     format: Annotated[str, typer.Option("--format", help="html, text, mjml or eml")] = "html",
     text: Annotated[bool, typer.Option("--text", help="same as --format text")] = False,
-    out_path: Annotated[Path | None, typer.Option("--out", help="write here, not to stdout")] = None,
+    out_path: Annotated[Path | None, typer.Option(
+        "--out", help="write here, not to stdout")] = None,
     newsletter: Annotated[str | None, typer.Option(
-        "--newsletter", help="which newsletter's template (default: the one whose folder holds FILE)",
+        "--newsletter",
+        help="which newsletter's template (default: the one whose folder holds FILE)",
     )] = None,
 ) -> None:
     """Render an issue exactly as subscribers get it."""
@@ -284,12 +290,13 @@ def status(newsletter: Annotated[str | None, typer.Argument()] = None) -> None:
 
     async def go() -> Table:
         store = await open_store(cfg)
-        table = Table("newsletter", "issue", "state", "sent", "failed", "pending", "unknown",
-                      "skipped", "started")
+        table = Table(Column("issue", no_wrap=True), "state", "sent", "failed", "open",
+                      "unknown", "skipped", Column("started (UTC)", no_wrap=True),
+                      box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
         try:
             for send in await store.sends(newsletter):
                 c = await store.delivery_counts(send.id)
-                table.add_row(send.newsletter, send.slug, send.status.value,
+                table.add_row(f"{send.newsletter}/{send.slug}", send.status.value,
                               str(c[DeliveryStatus.SENT]), str(c[DeliveryStatus.FAILED]),
                               str(c[DeliveryStatus.PENDING] + c[DeliveryStatus.SENDING]),
                               str(c[DeliveryStatus.UNKNOWN]), str(c[DeliveryStatus.SKIPPED]),
@@ -303,12 +310,17 @@ def status(newsletter: Annotated[str | None, typer.Argument()] = None) -> None:
 
 @app.command()
 @fails_cleanly
-def init(directory: Annotated[Path, typer.Argument()] = Path(".")) -> None:
+def init(directory: Annotated[Path, typer.Argument(
+        help="folder to write into (created if missing; existing files are never overwritten)",
+)] = Path(".")) -> None:
     """Write a working starter: schedules.yaml, templates/, one sample issue."""
     from mailer import starter
 
     for path in starter.write(directory):
-        out.print(f"wrote {path}")
+        out.print(f"wrote {path}", markup=False, highlight=False, soft_wrap=True)
+    where = "" if directory == Path(".") else f"cd {directory} && "
+    out.print(f"next: {where}mailer send-now ml-issues --dry-run",
+              markup=False, highlight=False, soft_wrap=True)
 
 
 def main() -> Any:

@@ -133,7 +133,7 @@ async def _deliver_with_progress(cfg: Config, newsletter: Newsletter, store: Sto
         console.print(f"  failed {email}: {code or ''} {reply}", highlight=False)
     if cfg.settings.smtp_url == "capture":
         console.print(f"captured messages are in {cfg.settings.var_dir / 'outbox'} (a Maildir; "
-                      "open the files in new/ with any mail program)")
+                      "open the files in new/ with any mail program)", soft_wrap=True)
     undelivered = sum(counts[s] for s in (DeliveryStatus.FAILED, DeliveryStatus.UNKNOWN,
                                           DeliveryStatus.PENDING, DeliveryStatus.SENDING))
     return 0 if undelivered == 0 else 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 from collections.abc import Callable
@@ -100,10 +101,8 @@ class Journal:
     async def __aexit__(self, *exc: object) -> None:
         assert self._task is not None
         self._task.cancel()
-        try:
+        with contextlib.suppress(asyncio.CancelledError):
             await self._task
-        except asyncio.CancelledError:
-            pass
 
     async def submit(self, *, start: int | None = None, outcome: Outcome | None = None) -> bool:
         """Durably record `outcome` and mark `start` SENDING; True if `start` may be sent."""
@@ -214,10 +213,8 @@ class Dispatcher:
             await self._queue.join()
             if await self.store.open_deliveries(self.send_id) == 0:
                 return
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), self.settings.poll_seconds)
-            except TimeoutError:
-                pass
 
     async def _worker(self, journal: Journal) -> None:
         transport = self.transport_factory()
@@ -248,8 +245,8 @@ class Dispatcher:
 
     async def _deliver(self, transport: SmtpTransport, recipient: Recipient) -> Outcome:
         msg_id = message_id(self.letter.sender_domain)
-        unsubscribe_url = (f"{self.base_url}/unsubscribe/"
-                           f"{tokens.unsubscribe_token(self.secret_key, recipient.subscription_id or 0)}")
+        token = tokens.unsubscribe_token(self.secret_key, recipient.subscription_id or 0)
+        unsubscribe_url = f"{self.base_url}/unsubscribe/{token}"
         message = build_message(self.letter, to_email=recipient.email, to_name=recipient.name,
                                 unsubscribe_url=unsubscribe_url, msg_id=msg_id, date=utcnow())
         error: BaseException | None = None

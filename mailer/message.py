@@ -1,4 +1,4 @@
-"""Builds one newsletter message (pure): multipart/alternative with the list headers of RFC 2369/8058."""
+"""Builds one newsletter message (pure): multipart/alternative, list headers of RFC 2369/8058."""
 
 from __future__ import annotations
 

@@ -121,11 +121,13 @@ class Subscription(Base):
     hard_bounces: Mapped[int] = mapped_column(Integer, default=0)
 
     def __repr__(self) -> str:
-        return f"Subscription(id={self.id!r}, newsletter={self.newsletter!r}, status={self.status!r})"
+        return (f"Subscription(id={self.id!r}, newsletter={self.newsletter!r}, "
+                f"status={self.status!r})")
 
 
 class Send(Base):
-    """One issue of one newsletter going out; holds the rendered content so a resume sends the same."""
+    """One issue of one newsletter going out; holds the rendered content, so a resume sends
+    the same bytes."""
 
     __tablename__ = "sends"
     __table_args__ = (UniqueConstraint("newsletter", "slug"),)
@@ -148,7 +150,8 @@ class Send(Base):
 
 
 class Delivery(Base):
-    """One recipient of one send: the delivery log row whose state is the truth about that message."""
+    """One recipient of one send: the delivery log row whose state is the truth about that
+    message."""
 
     __tablename__ = "deliveries"
     __table_args__ = (
@@ -180,7 +183,8 @@ class Delivery(Base):
 
 
 class Worker(Base):
-    """A live sending process; rows it claimed are freed when its heartbeat stops or its pid is gone."""
+    """A live sending process; rows it claimed are freed when its heartbeat stops or its pid
+    is gone."""
 
     __tablename__ = "workers"
 

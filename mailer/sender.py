@@ -12,7 +12,7 @@ from types import TracebackType
 
 from mailer.capture import CaptureServer
 from mailer.config import Config, Newsletter
-from mailer.dispatch import DispatchSettings, Dispatcher, Tally
+from mailer.dispatch import Dispatcher, DispatchSettings, Tally
 from mailer.keys import load_or_create_secret_key
 from mailer.models import Send, SendStatus
 from mailer.sends import finish_if_done, letter_for, new_worker_id, recover_dead_workers

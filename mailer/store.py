@@ -88,7 +88,8 @@ class Store:
             self._insert(Subscriber).values(email=email, name=name, created_at=utcnow())
             .on_conflict_do_nothing(index_elements=["email"])
         )
-        subscriber = (await s.execute(select(Subscriber).where(Subscriber.email == email))).scalar_one()
+        subscriber = (await s.execute(
+            select(Subscriber).where(Subscriber.email == email))).scalar_one()
         if name and not subscriber.name:
             subscriber.name = name
         await s.execute(
@@ -134,7 +135,8 @@ class Store:
             # An address with no subscription left is personal data we no longer need.
             await s.execute(delete(Subscriber).where(
                 Subscriber.email == email,
-                ~select(Subscription.id).where(Subscription.subscriber_id == Subscriber.id).exists(),
+                ~select(Subscription.id)
+                .where(Subscription.subscriber_id == Subscriber.id).exists(),
             ))
             return bool(getattr(result, "rowcount", 0))
 
@@ -176,7 +178,8 @@ class Store:
         """The oldest send of `newsletter` that was interrupted or paused: it goes first."""
         async with self.session() as s:
             return (await s.execute(
-                select(Send).where(Send.newsletter == newsletter, Send.status != SendStatus.FINISHED)
+                select(Send)
+                .where(Send.newsletter == newsletter, Send.status != SendStatus.FINISHED)
                 .order_by(Send.id).limit(1)
             )).scalar_one_or_none()
 
@@ -251,7 +254,8 @@ class Store:
                 query = query.where(Send.newsletter == newsletter)
             return (await s.execute(query)).scalars().all()
 
-    async def failures(self, send_id: int, limit: int = 20) -> Sequence[tuple[str, int | None, str]]:
+    async def failures(self, send_id: int, limit: int = 20
+                       ) -> Sequence[tuple[str, int | None, str]]:
         """The failed deliveries of a send with the server's reply, newest first."""
         async with self.session() as s:
             rows = await s.execute(
@@ -384,7 +388,8 @@ class Store:
                     values.update(message_id=o.message_id, sent_at=now)
                 if o.retry_at is not None:
                     values["next_attempt_at"] = o.retry_at
-                await s.execute(update(Delivery).where(Delivery.id == o.delivery_id).values(**values))
+                await s.execute(
+                    update(Delivery).where(Delivery.id == o.delivery_id).values(**values))
                 if o.bounce:
                     await self._count_bounce(s, o.delivery_id, bounce_limit, now)
             if started:
@@ -400,7 +405,8 @@ class Store:
 
     async def _count_bounce(self, s: AsyncSession, delivery_id: int, limit: int, now: datetime
                             ) -> None:
-        sub_id = select(Delivery.subscription_id).where(Delivery.id == delivery_id).scalar_subquery()
+        sub_id = (select(Delivery.subscription_id).where(Delivery.id == delivery_id)
+                  .scalar_subquery())
         await s.execute(update(Subscription).where(Subscription.id == sub_id)
                         .values(hard_bounces=Subscription.hard_bounces + 1))
         await s.execute(update(Subscription).where(
@@ -409,7 +415,8 @@ class Store:
         ).values(status=SubscriptionStatus.BOUNCED, bounced_at=now))
 
     async def requeue_unknown(self, send_id: int) -> int:
-        """Put a send's UNKNOWN deliveries back in the queue (the author chose to risk a duplicate)."""
+        """Put a send's UNKNOWN deliveries back in the queue (the author chose to risk a
+        duplicate)."""
         async with self.session.begin() as s:
             result = await s.execute(update(Delivery).where(
                 Delivery.send_id == send_id, Delivery.status == DeliveryStatus.UNKNOWN

@@ -1,4 +1,4 @@
-"""Shared fixtures: a project folder, the database (SQLite file and PostgreSQL), a real SMTP server."""
+"""Shared fixtures: a project folder, the database (SQLite and PostgreSQL), a real SMTP server."""
 
 from __future__ import annotations
 

@@ -8,7 +8,6 @@ import shutil
 import socket
 import subprocess
 import tempfile
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -105,7 +104,7 @@ def _psql(admin_url: str, sql: str) -> None:
                 conn = await asyncpg.connect(admin_url)
                 break
             except (OSError, asyncpg.CannotConnectNowError):
-                time.sleep(0.1)
+                await asyncio.sleep(0.1)
         else:
             conn = await asyncpg.connect(admin_url)
         try:

@@ -1,4 +1,4 @@
-"""The `mailer` command as a user runs it: a real process, a real SQLite file, a real SMTP server."""
+"""The `mailer` command as a user runs it: a real process, SQLite file and SMTP server."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Sending an issue end to end: store → render → dispatch → a real SMTP server, on both databases."""
+"""Sending an issue end to end: store → render → dispatch → a real SMTP server, both databases."""
 
 from __future__ import annotations
 
