@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from email import message_from_bytes, policy
 from pathlib import Path
 
 import pytest
@@ -235,3 +236,27 @@ def test_an_unknown_newsletter_exits_2_and_lists_the_known_ones(project: Project
     result = mailer(project, "send-now", "no-such-list", "--yes")
     assert result.returncode == 2
     assert "no-such-list" in result.stderr and "ml-issues" in result.stderr
+
+
+def test_preview_renders_the_issue_in_every_format(project: Project, tmp_path: Path) -> None:
+    project.configure()
+    issue = str(project.issues / "2026-12-07-first-issue.md")
+    text = mailer(project, "preview", issue, "--text")
+    assert text.returncode == 0, text.stderr
+    assert "https://arxiv.org/abs/1503.02531" in text.stdout and "<" not in text.stdout
+
+    mjml = mailer(project, "preview", issue, "--format", "mjml")
+    assert mjml.stdout.lstrip().startswith("<mjml")
+
+    out = tmp_path / "issue.eml"
+    eml = mailer(project, "preview", issue, "--format", "eml", "--out", str(out))
+    assert eml.returncode == 0 and eml.stdout == ""
+    message = message_from_bytes(out.read_bytes(), policy=policy.default)
+    assert message.get_content_type() == "multipart/alternative"
+    assert message["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+
+    html = mailer(project, "preview", issue)
+    assert html.stdout.lstrip().lower().startswith("<!doctype html")
+
+    unknown = mailer(project, "preview", issue, "--format", "pdf")
+    assert unknown.returncode == 2 and "--format" in unknown.stderr

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Callable
 from datetime import UTC, datetime
 
@@ -210,3 +211,23 @@ async def test_someone_who_leaves_after_the_issue_was_queued_does_not_get_it(
     rows = {r.email: r.status for r in await store.deliveries(send.id)}
     assert rows == {"ada@example.com": DeliveryStatus.SENT,
                     "grace@example.com": DeliveryStatus.SKIPPED}
+
+
+async def test_an_unreachable_relay_is_retried_then_each_failure_is_recorded_with_its_reason(
+    project: Project, store: Store,
+) -> None:
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    config = project.configure(smtp_url=f"smtp://127.0.0.1:{port}?timeout=2",
+                               retry_base_seconds=0, max_attempts=2)
+    await subscribe(store, "ada@example.com", "grace@example.com",
+                    status=SubscriptionStatus.CONFIRMED)
+    send_id = await send_due_issue(config, store)
+
+    rows = await store.deliveries(send_id)
+    assert [(r.status, r.attempts) for r in rows] == [(DeliveryStatus.FAILED, 2)] * 2
+    assert all("cannot connect" in (r.smtp_reply or "") for r in rows)
+    # Temporary failures never count as bounces.
+    ada = await store.subscription_of("ada@example.com", "ml-issues")
+    assert ada is not None and ada.status == SubscriptionStatus.CONFIRMED

@@ -1,0 +1,91 @@
+"""The store on a real SQLite file and a real PostgreSQL server: schema, subscribers, history."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from sqlalchemy.engine import Connection
+
+from mailer.models import Base, DeliveryStatus, SubscriptionStatus
+from mailer.store import Store
+from tests.conftest import Project
+
+
+def _schema_differences(connection: Connection) -> list[Any]:
+    return list(compare_metadata(MigrationContext.configure(connection), Base.metadata))
+
+
+async def test_the_migrations_build_exactly_the_schema_the_models_describe(store: Store) -> None:
+    async with store.engine.connect() as connection:
+        differences = await connection.run_sync(_schema_differences)
+    assert differences == []
+
+
+async def test_opening_an_existing_database_again_keeps_its_data(
+    project: Project, store: Store,
+) -> None:
+    await store.add_subscriber("ada@example.com", newsletter="ml-issues", confirmed=True)
+    again = await Store.open(project.db_url)  # migrates once more: must be a no-op
+    try:
+        assert await again.count_recipients("ml-issues") == 1
+    finally:
+        await again.close()
+
+
+async def test_a_new_subscriber_is_pending_and_confirming_stamps_the_time(store: Store) -> None:
+    pending = await store.add_subscriber("ada@example.com", newsletter="ml-issues")
+    assert pending.status == SubscriptionStatus.PENDING and pending.confirmed_at is None
+    confirmed = await store.add_subscriber("ada@example.com", newsletter="ml-issues",
+                                           confirmed=True)
+    assert confirmed.id == pending.id
+    assert confirmed.status == SubscriptionStatus.CONFIRMED
+    assert confirmed.confirmed_at is not None and confirmed.confirmed_at.tzinfo is not None
+    assert await store.count_recipients("ml-issues") == 1
+
+
+async def test_one_address_has_one_subscription_per_newsletter(store: Store) -> None:
+    first = await store.add_subscriber("ada@example.com", newsletter="ml-issues", confirmed=True)
+    other = await store.add_subscriber("ada@example.com", newsletter="other-list", confirmed=True)
+    again = await store.add_subscriber("ada@example.com", newsletter="ml-issues")
+    assert first.id == again.id != other.id
+    assert first.subscriber_id == other.subscriber_id
+    # Adding without --confirmed never downgrades a confirmed subscription.
+    assert again.status == SubscriptionStatus.CONFIRMED
+
+
+async def test_an_import_is_one_transaction_and_skips_nobody(store: Store) -> None:
+    rows = [(f"reader{i}@example.com", f"Reader {i}") for i in range(250)]
+    assert await store.import_subscribers(rows, newsletter="ml-issues", confirmed=True) == 250
+    exported = [row async for row in store.subscribers(newsletter="ml-issues")]
+    assert [(r.email, r.name) for r in exported] == rows
+    assert {r.status for r in exported} == {SubscriptionStatus.CONFIRMED}
+
+
+async def test_removing_a_subscriber_keeps_the_send_history_with_the_address(
+    store: Store,
+) -> None:
+    await store.add_subscriber("ada@example.com", newsletter="ml-issues", confirmed=True)
+    send, _ = await store.open_send(newsletter="ml-issues", slug="one", subject="s",
+                                    preheader="", html="<p/>", text="t", web_url="http://x")
+    assert await store.remove_subscriber("ada@example.com", newsletter="ml-issues")
+    assert not await store.remove_subscriber("ada@example.com", newsletter="ml-issues")
+
+    [delivery] = await store.deliveries(send.id)
+    assert delivery.email == "ada@example.com" and delivery.subscription_id is None
+    assert delivery.status == DeliveryStatus.PENDING
+    assert [row async for row in store.subscribers(newsletter="ml-issues")] == []
+
+
+async def test_only_confirmed_subscribers_are_queued_for_an_issue(store: Store) -> None:
+    await store.add_subscriber("yes@example.com", newsletter="ml-issues", confirmed=True)
+    await store.add_subscriber("pending@example.com", newsletter="ml-issues")
+    await store.add_subscriber("elsewhere@example.com", newsletter="other", confirmed=True)
+    send, created = await store.open_send(newsletter="ml-issues", slug="one", subject="s",
+                                          preheader="", html="<p/>", text="t",
+                                          web_url="http://x")
+    assert created
+    assert [d.email for d in await store.deliveries(send.id)] == ["yes@example.com"]
+    assert await store.sent_slugs("ml-issues") == {"one"}
+    assert (await store.unfinished_send("ml-issues")) is not None
