@@ -7,6 +7,7 @@ import re
 import stat
 from collections.abc import Mapping
 from datetime import UTC, datetime
+from email.headerregistry import Address
 from email.utils import parseaddr
 from pathlib import Path
 from typing import Any, NoReturn, get_args
@@ -250,7 +251,8 @@ class Newsletter(BaseModel):
                                   globally_deliverable=False).normalized
         except EmailNotValidError as exc:
             raise ValueError(f"expected 'Name <address>' or an address: {exc}") from None
-        return f"{name} <{addr}>" if name else addr
+        # Address() quotes a name that needs it ("Lab, Inc." stays one mailbox).
+        return str(Address(display_name=name, addr_spec=addr)) if name else addr
 
     @field_validator("issues")
     @classmethod

@@ -9,6 +9,7 @@ from datetime import UTC, date, datetime, time, tzinfo
 from pathlib import Path
 from typing import Any, Literal
 
+from mailer.addresses import LINE_BREAKS
 from mailer.config import line_of, load_yaml
 from mailer.errors import ContentError
 
@@ -17,7 +18,6 @@ STATUSES = ("ready", "draft")
 _SLUG = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 # Every character Python or an MTA may treat as a line break, plus NUL: in a Subject header
 # any of them could end the header and start a forged one (header injection).
-_LINE_BREAKS = re.compile(r"[\r\n\v\f\x00\x1c-\x1e\x85\u2028\u2029]")
 _EARLIEST = datetime.min.replace(tzinfo=UTC)
 _Fail = Callable[[str, str], ContentError]
 
@@ -89,7 +89,7 @@ def _subject(value: Any, fail: _Fail) -> str:
         raise fail("subject", "required: the email's Subject line")
     if not isinstance(value, str):
         raise fail("subject", f"expected one line of text, got {value!r}; quote it")
-    if _LINE_BREAKS.search(value):
+    if LINE_BREAKS.search(value):
         raise fail("subject", "must be one line: a line break in a Subject header would let "
                               "it inject other headers")
     if not value.strip():

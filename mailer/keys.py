@@ -6,6 +6,7 @@ import os
 import secrets
 import stat
 import sys
+import tempfile
 from pathlib import Path
 
 from mailer.errors import ConfigError
@@ -34,14 +35,19 @@ def load_or_create_secret_key(configured: str | None, var_dir: Path) -> str:
             raise ConfigError("the key file is empty", file=str(path))
         return key
     var_dir.mkdir(parents=True, exist_ok=True)
-    key = secrets.token_urlsafe(32)
-    # O_EXCL: two processes starting at once must not each write a different key.
+    # Written whole into a private temporary file, then linked into place: link() fails if
+    # the name exists, so two processes starting at once agree on one key, and no one ever
+    # reads a half-written (empty) file.
+    fd, tmp = tempfile.mkstemp(dir=var_dir, prefix=".secret.key.")  # mode 0600
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        return load_or_create_secret_key(None, var_dir)
-    with os.fdopen(fd, "w") as f:
-        f.write(key + "\n")
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_urlsafe(32) + "\n")
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            return load_or_create_secret_key(None, var_dir)
+    finally:
+        os.unlink(tmp)
     print(f"mailer: generated a token-signing key in {path} (mode 0600); keep it, "
           "or set MAILER_SECRET_KEY", file=sys.stderr)
-    return key
+    return path.read_text().strip()

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import hashlib
+import re
 from datetime import timedelta
 
 from itsdangerous import BadData, SignatureExpired, URLSafeSerializer, URLSafeTimedSerializer
+from itsdangerous.encoding import base64_decode, base64_encode
 
 from mailer.errors import TokenError
 
@@ -14,6 +16,23 @@ from mailer.errors import TokenError
 _CONFIRM = "mailer.confirm.v1"
 _UNSUBSCRIBE = "mailer.unsubscribe.v1"
 _SIGNER = {"digest_method": hashlib.sha256}
+# payload.signature or payload.timestamp.signature, in the URL-safe alphabet only.
+_SHAPE = re.compile(r"[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+){1,2}")
+
+
+def _canonical(token: str, error: str) -> str:
+    # itsdangerous decodes base64 leniently ('+' for '-', padding, unused low bits), so one
+    # signature has several spellings. A token is used as a key (logs, rate limits): accept
+    # exactly the spelling we issued.
+    signature = token.rpartition(".")[2]
+    try:
+        canonical = bool(_SHAPE.fullmatch(token)) and \
+            base64_encode(base64_decode(signature)) == signature.encode()
+    except BadData:
+        canonical = False
+    if not canonical:
+        raise TokenError(error)
+    return token
 
 
 def unsubscribe_token(secret_key: str, subscription_id: int) -> str:
@@ -28,6 +47,7 @@ def read_unsubscribe_token(secret_key: str, token: str) -> int:
     Raises:
         TokenError: the token was not made with this key for unsubscribing.
     """
+    token = _canonical(token, "this unsubscribe link is not valid")
     try:
         value = URLSafeSerializer(secret_key, salt=_UNSUBSCRIBE, signer_kwargs=_SIGNER).loads(token)
     except BadData:
@@ -49,6 +69,7 @@ def read_confirm_token(secret_key: str, token: str, *, max_age: timedelta) -> in
     Raises:
         TokenError: forged, made for another purpose, or expired.
     """
+    token = _canonical(token, "this confirmation link is not valid")
     serializer = URLSafeTimedSerializer(secret_key, salt=_CONFIRM, signer_kwargs=_SIGNER)
     try:
         value = serializer.loads(token, max_age=int(max_age.total_seconds()))

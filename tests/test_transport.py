@@ -1,0 +1,127 @@
+"""SmtpTransport against real aiosmtpd servers: STARTTLS, implicit TLS, AUTH, reply classes."""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+import subprocess
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
+
+from mailer.errors import PermanentFailure, TemporaryFailure
+from mailer.transport import SmtpTransport, classify, parse_smtp_url
+
+MESSAGE = b"From: a@example.com\r\nTo: b@example.com\r\nSubject: hi\r\n\r\nHello\r\n"
+
+
+@pytest.fixture(scope="module")
+def certificate(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, Path]]:
+    folder = tmp_path_factory.mktemp("tls")
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                    "-subj", "/CN=localhost", "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True)
+    yield cert, key
+
+
+class _Inbox:
+    def __init__(self) -> None:
+        self.messages: list[bytes] = []
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        self.messages.append(envelope.original_content or b"")
+        return "250 OK"
+
+
+def _authenticator(server: SMTP, session: Session, envelope: Envelope, mechanism: str,
+                   data: Any) -> AuthResult:
+    ok = isinstance(data, LoginPassword) and (data.login, data.password) == (b"author", b"s3cret")
+    return AuthResult(success=ok, handled=False)  # handled=False: aiosmtpd sends the 535
+
+
+@asynccontextmanager
+async def smtp_server(certificate: tuple[Path, Path], *, implicit_tls: bool
+                      ) -> AsyncIterator[tuple[int, _Inbox]]:
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(*map(str, certificate))
+    inbox = _Inbox()
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(
+        lambda: SMTP(inbox, hostname="tls.test", authenticator=_authenticator,
+                     # aiosmtpd does not count implicit TLS as TLS for AUTH; it is.
+                     auth_require_tls=not implicit_tls, require_starttls=not implicit_tls,
+                     tls_context=None if implicit_tls else context, loop=loop),
+        "127.0.0.1", 0, ssl=context if implicit_tls else None,
+    )
+    try:
+        yield server.sockets[0].getsockname()[1], inbox
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+@pytest.mark.parametrize("implicit_tls", [False, True], ids=["starttls", "smtps"])
+async def test_the_transport_logs_in_over_tls_and_delivers(
+    certificate: tuple[Path, Path], implicit_tls: bool,
+) -> None:
+    async with smtp_server(certificate, implicit_tls=implicit_tls) as (port, inbox):
+        url = (f"smtps://author@127.0.0.1:{port}?verify=false" if implicit_tls
+               else f"smtp://author@127.0.0.1:{port}?starttls=true&verify=false")
+        transport = SmtpTransport(parse_smtp_url(url, password="s3cret"))
+        try:
+            code, _ = await transport.send("a@example.com", "b@example.com", MESSAGE)
+            # The same connection carries the next message.
+            await transport.send("a@example.com", "c@example.com", MESSAGE)
+        finally:
+            await transport.aclose()
+    assert code == 250
+    assert len(inbox.messages) == 2 and inbox.messages[0].endswith(b"Hello\r\n")
+
+
+async def test_a_wrong_password_is_a_permanent_failure_and_nothing_is_sent(
+    certificate: tuple[Path, Path],
+) -> None:
+    async with smtp_server(certificate, implicit_tls=False) as (port, inbox):
+        url = f"smtp://author@127.0.0.1:{port}?starttls=true&verify=false"
+        transport = SmtpTransport(parse_smtp_url(url, password="wrong"))
+        with pytest.raises(PermanentFailure) as failure:
+            await transport.send("a@example.com", "b@example.com", MESSAGE)
+        await transport.aclose()
+    assert failure.value.code == 535
+    assert inbox.messages == []
+
+
+async def test_an_untrusted_certificate_is_refused_unless_verification_is_turned_off(
+    certificate: tuple[Path, Path],
+) -> None:
+    async with smtp_server(certificate, implicit_tls=True) as (port, inbox):
+        transport = SmtpTransport(parse_smtp_url(f"smtps://author@127.0.0.1:{port}",
+                                                 password="s3cret"))
+        with pytest.raises(TemporaryFailure, match="cannot connect"):
+            await transport.send("a@example.com", "b@example.com", MESSAGE)
+        await transport.aclose()
+    assert inbox.messages == []
+
+
+@pytest.mark.parametrize(("code", "kind"), [
+    (421, TemporaryFailure), (450, TemporaryFailure), (451, TemporaryFailure),
+    (452, TemporaryFailure), (552, TemporaryFailure),  # RFC 5321 §4.5.3.1.10
+    (550, PermanentFailure), (551, PermanentFailure), (553, PermanentFailure),
+    (554, PermanentFailure),
+])
+def test_reply_codes_are_classified_per_rfc_5321(code: int, kind: type[Exception]) -> None:
+    error = classify(code, "reply text", "b@example.com")
+    assert type(error) is kind
+    assert (error.code, error.recipient) == (code, "b@example.com")
+
+
+def test_smtp_urls_map_to_ports_and_tls_modes() -> None:
+    assert parse_smtp_url("smtps://mx.example.com").port == 465
+    starttls = parse_smtp_url("smtp://me%40example.com@mx.example.com?starttls=true")
+    assert (starttls.port, starttls.start_tls, starttls.username) == (587, True, "me@example.com")
+    assert parse_smtp_url("smtp://127.0.0.1:2525").port == 2525
