@@ -12,7 +12,7 @@ from datetime import datetime, timedelta
 
 from mailer import tokens
 from mailer.errors import DeliveryInDoubt, PermanentFailure, TemporaryFailure
-from mailer.message import Letter, build_message, message_id
+from mailer.message import Letter, message_id, prepare_message
 from mailer.models import DeliveryStatus, utcnow
 from mailer.store import Outcome, Recipient, Store
 from mailer.transport import SmtpTransport
@@ -154,6 +154,7 @@ class Dispatcher:
         self.store = store
         self.send_id = send_id
         self.letter = letter
+        self.prepared = prepare_message(letter)  # encoded once; spliced per recipient
         self.secret_key = secret_key
         self.base_url = base_url.rstrip("/")
         self.worker_id = worker_id
@@ -247,13 +248,13 @@ class Dispatcher:
         msg_id = message_id(self.letter.sender_domain)
         token = tokens.unsubscribe_token(self.secret_key, recipient.subscription_id or 0)
         unsubscribe_url = f"{self.base_url}/unsubscribe/{token}"
-        message = build_message(self.letter, to_email=recipient.email, to_name=recipient.name,
-                                unsubscribe_url=unsubscribe_url, msg_id=msg_id, date=utcnow())
+        data = self.prepared.personalize(to_email=recipient.email, to_name=recipient.name,
+                                         unsubscribe_url=unsubscribe_url, msg_id=msg_id,
+                                         date=utcnow())
         error: BaseException | None = None
         reply: tuple[int, str] | None = None
         try:
-            reply = await transport.send(self.letter.sender_address, recipient.email,
-                                         message.as_bytes())
+            reply = await transport.send(self.letter.sender_address, recipient.email, data)
         except (TemporaryFailure, PermanentFailure, DeliveryInDoubt) as exc:
             error = exc
         outcome = outcome_of(recipient, error, reply, msg_id=msg_id, settings=self.settings,

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import html
+import random
+import re
 from dataclasses import dataclass
 from datetime import datetime
+from email import quoprimime
 from email.header import Header
 from email.headerregistry import Address
 from email.message import EmailMessage
@@ -13,7 +17,7 @@ from urllib.parse import urlsplit
 
 from mailer.addresses import LINE_BREAKS
 from mailer.errors import InputError
-from mailer.render import RenderedIssue, personalize
+from mailer.render import UNSUBSCRIBE_SLOT, RenderedIssue, personalize
 
 
 @dataclass(frozen=True)
@@ -56,6 +60,23 @@ def _no_newlines(value: str, field: str) -> str:
     return value
 
 
+def _shared_headers(msg: EmailMessage, letter: Letter) -> None:
+    msg["From"] = _no_newlines(letter.sender, "from")
+    subject = _no_newlines(letter.rendered.subject, "subject")
+    if subject.isascii():
+        msg["Subject"] = subject
+    else:
+        # email's own folder drops the space before an encoded word that starts a folded
+        # line (CPython gh-144156); Header folds RFC 2047 words correctly.
+        msg.set_raw("Subject", Header(subject, "utf-8", header_name="Subject")
+                    .encode(linesep="\r\n"))
+    if letter.reply_to:
+        msg["Reply-To"] = _no_newlines(letter.reply_to, "reply_to")
+    msg["List-Id"] = letter.list_id
+    # RFC 8058: with List-Unsubscribe (per recipient) this announces one-click unsubscribe.
+    msg["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
+
+
 def build_message(
     letter: Letter,
     /,
@@ -66,32 +87,143 @@ def build_message(
     msg_id: str,
     date: datetime,
 ) -> EmailMessage:
-    """The complete message for one recipient.
+    """The complete message for one recipient, built by the email package.
+
+    The reference for `PreparedMessage.personalize`, which the sender uses; here for test
+    copies and previews, where building one message slowly costs nothing.
 
     Raises:
         InputError: a recipient value with a line break.
     """
     msg = EmailMessage(policy=SMTP)
-    msg["From"] = _no_newlines(letter.sender, "from")
     local, _, domain = _no_newlines(to_email, "to").rpartition("@")
     msg["To"] = Address(display_name=_no_newlines(to_name, "name"), username=local, domain=domain)
-    subject = _no_newlines(letter.rendered.subject, "subject")
-    if subject.isascii():
-        msg["Subject"] = subject
-    else:
-        # email's own folder drops the space before an encoded word that starts a folded
-        # line (CPython gh-144156); Header folds RFC 2047 words correctly.
-        msg.set_raw("Subject", Header(subject, "utf-8", header_name="Subject")
-                    .encode(linesep="\r\n"))
     msg["Date"] = format_datetime(date)
-    msg["Message-ID"] = msg_id
-    if letter.reply_to:
-        msg["Reply-To"] = _no_newlines(letter.reply_to, "reply_to")
-    msg["List-Id"] = letter.list_id
-    # RFC 8058: both headers together announce one-click unsubscribe by HTTPS POST.
+    msg["Message-ID"] = _no_newlines(msg_id, "message_id")
     msg["List-Unsubscribe"] = f"<{_no_newlines(unsubscribe_url, 'unsubscribe_url')}>"
-    msg["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
+    _shared_headers(msg, letter)
     html, text = personalize(letter.rendered, unsubscribe_url=unsubscribe_url)
     msg.set_content(text, subtype="plain", charset="utf-8")
     msg.add_alternative(html, subtype="html", charset="utf-8")
     return msg
+
+
+# -- the fast path: encode once per issue, splice per recipient ---------------------------------
+
+_BOUNDARY_ALPHABET = "0123456789abcdefghijklmnopqrstuvwxyz"
+# RFC 2045 §6.7: encoded lines are at most 76 characters; one is kept for the soft break
+# ("=") that joins a piece to the recipient's URL spliced in after it.
+_QP_LINE = 75
+_ATEXT_NAME = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~ -]*")
+
+
+def _qp(text: str) -> bytes:
+    """Quoted-printable body text with CRLF line ends and room for one trailing soft break."""
+    encoded = quoprimime.body_encode(text.encode("utf-8").decode("latin-1"),
+                                     maxlinelen=_QP_LINE, eol="\n")
+    return encoded.replace("\n", "\r\n").encode("ascii")
+
+
+def _qp_piece(text: str) -> bytes:
+    # A piece followed by a splice ends in a soft line break, so the spliced bytes start a
+    # line of their own and no line grows past 76 characters.
+    encoded = _qp(text)
+    return encoded if encoded.endswith(b"\r\n") or not encoded else encoded + b"=\r\n"
+
+
+def _qp_url(url: str) -> bytes:
+    """A URL as quoted-printable lines of at most 76 characters, ending in a soft break."""
+    escaped = url.replace("=", "=3D")
+    lines, start = [], 0
+    while start < len(escaped):
+        end = min(start + _QP_LINE, len(escaped))
+        # Never cut an "=XX" escape in two.
+        cut = escaped.rfind("=", end - 2, end)
+        if end < len(escaped) and cut != -1:
+            end = cut
+        lines.append(escaped[start:end])
+        start = end
+    return "".join(line + "=\r\n" for line in lines).encode("ascii")
+
+
+@dataclass(frozen=True)
+class PreparedMessage:
+    """An issue's message rendered and MIME-encoded once; `personalize` splices one recipient in.
+
+    The recipient's parts (To, Date, Message-ID, List-Unsubscribe and the unsubscribe URL in
+    both bodies) are the only bytes made per message: the rest is shared, already in CRLF
+    form, so a send of 100,000 messages encodes the issue once, not 100,000 times.
+    """
+
+    head: bytes  # the headers every recipient shares, CRLF-terminated
+    body_pieces: tuple[bytes, ...]  # the encoded body, cut where the unsubscribe URL goes
+    html_slots: tuple[bool, ...]  # per cut: the URL goes into HTML (escaped) or text
+
+    def personalize(self, *, to_email: str, to_name: str = "", unsubscribe_url: str,
+                    msg_id: str, date: datetime) -> bytes:
+        """The complete message bytes for one recipient.
+
+        Raises:
+            InputError: a recipient value with a line break.
+        """
+        url = _no_newlines(unsubscribe_url, "unsubscribe_url")
+        html_url = _qp_url(html.escape(url, quote=True))
+        text_url = _qp_url(url)
+        out = [
+            _to_header(to_email, to_name),
+            b"Date: ", format_datetime(date).encode("ascii"),
+            b"\r\nMessage-ID: ", _no_newlines(msg_id, "message_id").encode("ascii"),
+            b"\r\nList-Unsubscribe: <", url.encode("ascii"), b">\r\n",
+            self.head, b"\r\n", self.body_pieces[0],
+        ]
+        for is_html, piece in zip(self.html_slots, self.body_pieces[1:], strict=True):
+            out.append(html_url if is_html else text_url)
+            out.append(piece)
+        return b"".join(out)
+
+
+def _to_header(to_email: str, to_name: str) -> bytes:
+    _no_newlines(to_email, "to")
+    _no_newlines(to_name, "name")
+    if to_email.isascii() and to_name.isascii() and _ATEXT_NAME.fullmatch(to_name):
+        line = f"To: {to_name} <{to_email}>\r\n" if to_name.strip() else f"To: {to_email}\r\n"
+        if len(line) <= 78:
+            return line.encode("ascii")
+    # Quoting, RFC 2047 words and folding are the email package's job: the rare slow path.
+    msg = EmailMessage(policy=SMTP)
+    local, _, domain = to_email.rpartition("@")
+    msg["To"] = Address(display_name=to_name, username=local, domain=domain)
+    return msg.as_bytes().split(b"\r\n\r\n", 1)[0] + b"\r\n"
+
+
+def prepare_message(letter: Letter, /) -> PreparedMessage:
+    """Render and encode the shared part of an issue's message once.
+
+    Raises:
+        InputError: a sender, reply-to or subject with a line break.
+    """
+    shared = EmailMessage(policy=SMTP)
+    _shared_headers(shared, letter)
+    boundary = "===============" + "".join(random.choices(_BOUNDARY_ALPHABET, k=24)) + "=="
+    shared["MIME-Version"] = "1.0"
+    shared["Content-Type"] = f'multipart/alternative; boundary="{boundary}"'
+    head = shared.as_bytes().split(b"\r\n\r\n", 1)[0] + b"\r\n"
+    pieces: list[bytes] = []
+    slots: list[bool] = []
+    current = b""
+    parts = (("plain", letter.rendered.text, False), ("html", letter.rendered.html, True))
+    for subtype, content, is_html in parts:
+        current += (f"--{boundary}\r\nContent-Type: text/{subtype}; charset=\"utf-8\"\r\n"
+                    "Content-Transfer-Encoding: quoted-printable\r\n\r\n").encode("ascii")
+        # As the email package does: text parts end in a line break of their own.
+        segments = content.replace("\r\n", "\n").split(UNSUBSCRIBE_SLOT)
+        if not segments[-1].endswith("\n"):
+            segments[-1] += "\n"
+        for segment in segments[:-1]:
+            pieces.append(current + _qp_piece(segment))
+            slots.append(is_html)
+            current = b""
+        # RFC 2046 §5.1.1: the CRLF before a boundary belongs to the boundary.
+        current += _qp(segments[-1]) + b"\r\n"
+    pieces.append(current + f"--{boundary}--\r\n".encode("ascii"))
+    return PreparedMessage(head=head, body_pieces=tuple(pieces), html_slots=tuple(slots))
