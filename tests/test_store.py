@@ -89,3 +89,21 @@ async def test_only_confirmed_subscribers_are_queued_for_an_issue(store: Store) 
     assert [d.email for d in await store.deliveries(send.id)] == ["yes@example.com"]
     assert await store.sent_slugs("ml-issues") == {"one"}
     assert (await store.unfinished_send("ml-issues")) is not None
+
+
+async def test_a_confirmed_import_never_resubscribes_someone_who_left(store: Store) -> None:
+    left = await store.add_subscriber("left@example.com", newsletter="ml-issues", confirmed=True)
+    async with store.session.begin() as s:
+        row = await s.get(type(left), left.id)
+        assert row is not None
+        row.status = SubscriptionStatus.UNSUBSCRIBED
+    await store.add_subscriber("pending@example.com", newsletter="ml-issues")
+
+    await store.import_subscribers(
+        [("left@example.com", ""), ("pending@example.com", "P"), ("new@example.com", "")],
+        newsletter="ml-issues", confirmed=True)
+
+    states = {r.email: (r.status, r.name) async for r in store.subscribers(newsletter="ml-issues")}
+    assert states == {"left@example.com": (SubscriptionStatus.UNSUBSCRIBED, ""),
+                      "pending@example.com": (SubscriptionStatus.CONFIRMED, "P"),
+                      "new@example.com": (SubscriptionStatus.CONFIRMED, "")}
