@@ -86,6 +86,31 @@ def main_options(
     state._config = None
 
 
+# -- run -----------------------------------------------------------------------------------------
+
+
+@app.command()
+@fails_cleanly
+def run(
+    host: Annotated[str | None, typer.Option(
+        help="address of the web endpoints (default: settings.host, 127.0.0.1)")] = None,
+    port: Annotated[int | None, typer.Option(
+        help="port of the web endpoints (default: settings.port, 8025; 0: any free port)",
+        min=0, max=65535)] = None,
+    log_json: Annotated[bool, typer.Option(
+        "--log-json", help="log one JSON object per line (default: settings.log_json)")] = False,
+) -> None:
+    """The daemon: sends each due issue on schedule and serves the web endpoints.
+
+    SIGTERM or SIGINT stop it cleanly (a second one at once); SIGHUP reloads schedules.yaml
+    and the issues, as does editing them.
+    """
+    from mailer import daemon
+
+    cfg = state.config()
+    raise typer.Exit(run_async(daemon.run(cfg.path, host=host, port=port, log_json=log_json)))
+
+
 # -- send-now ------------------------------------------------------------------------------------
 
 
@@ -102,14 +127,22 @@ def send_now(
     yes: Annotated[bool, typer.Option("--yes", "-y", help="do not ask before sending")] = False,
     resend_unknown: Annotated[bool, typer.Option(
         "--resend-unknown", help="also resend deliveries whose outcome is unknown")] = False,
+    force: Annotated[bool, typer.Option(
+        "--force", help="send even an issue Gmail would clip (HTML past 102 KB)")] = False,
+    queue: Annotated[bool, typer.Option(
+        "--queue", help="only queue the issue; `mailer worker` processes deliver it")] = False,
 ) -> None:
     """Send the due (or given) issue now to every confirmed subscriber."""
-    from mailer import cli_send
+    from mailer import cli_send, worker
 
     cfg = state.config()
+    if queue:
+        out.print(run_async(worker.queue_issue(cfg, newsletter, now=now(cfg),
+                                               issue_path=issue)), highlight=False)
+        return
     code = run_async(cli_send.send_now(
         cfg, cfg.newsletter(newsletter), issue_path=issue, dry_run=dry_run, to=to, yes=yes,
-        resend_unknown=resend_unknown, now=now(cfg), console=out,
+        resend_unknown=resend_unknown, now=now(cfg), console=out, force=force,
     ))
     raise typer.Exit(code)
 
@@ -129,20 +162,35 @@ def preview(
         "--newsletter",
         help="which newsletter's template (default: the one whose folder holds FILE)",
     )] = None,
+    open_: Annotated[bool, typer.Option(
+        "--open", help="write the HTML and text parts and open them in a browser")] = False,
+    width: Annotated[list[int] | None, typer.Option(
+        "--width", min=200, max=4000,
+        help="screenshot the HTML this many pixels wide with headless Chromium (PNG); "
+             "repeat for several widths")] = None,
 ) -> None:
     """Render an issue exactly as subscribers get it."""
-    from mailer import cli_send
+    from mailer import browser, cli_send, render
 
     fmt = "text" if text else format
-    if fmt not in ("html", "text", "mjml", "eml"):
+    if fmt not in cli_send.FORMATS:
         raise InputError(f"unknown format {fmt!r}: use html, text, mjml or eml", field="--format")
     cfg = state.config()
-    data = cli_send.preview(cfg, file, fmt=fmt, newsletter_id=newsletter)
-    if out_path:
-        out_path.write_bytes(data)
-        err.print(f"wrote {out_path}")
-    else:
+    shown = cli_send.load_preview(cfg, file, newsletter_id=newsletter)
+    if shown.rendered.clipped:
+        err.print(f"[yellow]warning:[/yellow] {file}: {render.clip_warning(shown.rendered)}",
+                  highlight=False, soft_wrap=True)
+    data = shown.as_format(fmt)
+    if not (out_path or open_ or width):
         sys.stdout.buffer.write(data)
+        return
+    files = cli_send.write_preview(shown, data, out=out_path, open_files=open_,
+                                   widths=width or [])
+    for path in files.written:
+        err.print(f"wrote {path}", highlight=False, soft_wrap=True)
+    if files.html and not browser.open_files([files.html]):
+        err.print(f"no browser to open here: open {files.html} yourself", highlight=False,
+                  soft_wrap=True)
 
 
 # -- subscribers ---------------------------------------------------------------------------------
@@ -283,29 +331,58 @@ def subscribers_remove(email: str, list_: ListOpt) -> None:
 @app.command()
 @fails_cleanly
 def status(newsletter: Annotated[str | None, typer.Argument()] = None) -> None:
-    """Show sends and their progress: sent, failed, pending, unknown."""
+    """Show each newsletter's next run and last send, then every send: sent, failed, open."""
+    from mailer.schedule import next_fire_time
+    from mailer.scheduler import describe
+
     cfg = state.config()
     if newsletter:
         cfg.newsletter(newsletter)
+    shown = [cfg.newsletter(newsletter)] if newsletter else list(cfg.newsletters.values())
 
-    async def go() -> Table:
+    async def schedules(store: Store) -> Table:
+        table = Table(Column("newsletter", no_wrap=True), "schedule",
+                      Column("next run", no_wrap=True), Column("last send", no_wrap=True),
+                      "state", "sent", "failed", "open", box=box.SIMPLE_HEAD, pad_edge=False,
+                      collapse_padding=True)
+        for n in shown:
+            spec = n.schedule
+            upcoming = next_fire_time(spec, after=now(cfg)) if spec else None
+            row = [n.id, describe(spec) if spec else "none (send-now only)",
+                   f"{upcoming:%Y-%m-%d %H:%M %Z}" if upcoming else "-"]
+            last = await store.latest_send(n.id)
+            if last is None:
+                table.add_row(*row, "never", "", "", "", "")
+                continue
+            c = await store.delivery_counts(last.id)
+            table.add_row(*row, f"{last.slug} ({last.created_at:%Y-%m-%d %H:%M} UTC)",
+                          last.status.value, str(c[DeliveryStatus.SENT]),
+                          str(c[DeliveryStatus.FAILED]),
+                          str(c[DeliveryStatus.PENDING] + c[DeliveryStatus.SENDING]))
+        return table
+
+    async def go() -> tuple[Table, Table]:
         store = await open_store(cfg)
+        try:
+            return await schedules(store), await sends(store)
+        finally:
+            await store.close()
+
+    async def sends(store: Store) -> Table:
         table = Table(Column("issue", no_wrap=True), "state", "sent", "failed", "open",
                       "unknown", "skipped", Column("started (UTC)", no_wrap=True),
                       box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
-        try:
-            for send in await store.sends(newsletter):
-                c = await store.delivery_counts(send.id)
-                table.add_row(f"{send.newsletter}/{send.slug}", send.status.value,
-                              str(c[DeliveryStatus.SENT]), str(c[DeliveryStatus.FAILED]),
-                              str(c[DeliveryStatus.PENDING] + c[DeliveryStatus.SENDING]),
-                              str(c[DeliveryStatus.UNKNOWN]), str(c[DeliveryStatus.SKIPPED]),
-                              f"{send.created_at:%Y-%m-%d %H:%M}")
-        finally:
-            await store.close()
+        for send in await store.sends(newsletter):
+            c = await store.delivery_counts(send.id)
+            table.add_row(f"{send.newsletter}/{send.slug}", send.status.value,
+                          str(c[DeliveryStatus.SENT]), str(c[DeliveryStatus.FAILED]),
+                          str(c[DeliveryStatus.PENDING] + c[DeliveryStatus.SENDING]),
+                          str(c[DeliveryStatus.UNKNOWN]), str(c[DeliveryStatus.SKIPPED]),
+                          f"{send.created_at:%Y-%m-%d %H:%M}")
         return table
 
-    out.print(run_async(go()))
+    for table in run_async(go()):
+        out.print(table)
 
 
 @app.command()
@@ -321,6 +398,36 @@ def init(directory: Annotated[Path, typer.Argument(
     where = "" if directory == Path(".") else f"cd {directory} && "
     out.print(f"next: {where}mailer send-now ml-issues --dry-run",
               markup=False, highlight=False, soft_wrap=True)
+
+
+# -- serve ---------------------------------------------------------------------------------------
+
+
+@app.command()
+@fails_cleanly
+def serve(
+    host: Annotated[str | None, typer.Option(help="address to listen on (default: settings.host)")
+                    ] = None,
+    port: Annotated[int | None, typer.Option(help="port to listen on (default: settings.port)")
+                    ] = None,
+) -> None:
+    """Run only the HTTP endpoints (subscribe, confirm, unsubscribe, archive, metrics)."""
+    from mailer import web
+
+    run_async(web.serve(state.config(), host=host, port=port))
+
+
+@app.command("worker")
+@fails_cleanly
+def worker_command(
+    once: Annotated[bool, typer.Option(
+        "--once", help="exit when no send has anything left to deliver")] = False,
+) -> None:
+    """Deliver queued sends (sender only: no scheduler, no web); run several to scale out."""
+    from mailer import worker
+
+    cfg = state.config()
+    raise typer.Exit(run_async(worker.run_worker(cfg, once=once)))
 
 
 def main() -> Any:

@@ -155,6 +155,8 @@ class Dispatcher:
         self.send_id = send_id
         self.letter = letter
         self.prepared = prepare_message(letter)  # encoded once; spliced per recipient
+        # Parsed once: parseaddr per message showed up in profiles.
+        self.sender_address, self.sender_domain = letter.sender_address, letter.sender_domain
         self.secret_key = secret_key
         self.base_url = base_url.rstrip("/")
         self.worker_id = worker_id
@@ -245,16 +247,17 @@ class Dispatcher:
             await transport.aclose()
 
     async def _deliver(self, transport: SmtpTransport, recipient: Recipient) -> Outcome:
-        msg_id = message_id(self.letter.sender_domain)
+        msg_id = message_id(self.sender_domain)
         token = tokens.unsubscribe_token(self.secret_key, recipient.subscription_id or 0)
         unsubscribe_url = f"{self.base_url}/unsubscribe/{token}"
         data = self.prepared.personalize(to_email=recipient.email, to_name=recipient.name,
                                          unsubscribe_url=unsubscribe_url, msg_id=msg_id,
-                                         date=utcnow())
+                                         date=utcnow(), wire=True)
         error: BaseException | None = None
         reply: tuple[int, str] | None = None
         try:
-            reply = await transport.send(self.letter.sender_address, recipient.email, data)
+            reply = await transport.send(self.sender_address, recipient.email, data,
+                                         wire_ready=True)
         except (TemporaryFailure, PermanentFailure, DeliveryInDoubt) as exc:
             error = exc
         outcome = outcome_of(recipient, error, reply, msg_id=msg_id, settings=self.settings,

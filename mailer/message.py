@@ -114,6 +114,7 @@ _BOUNDARY_ALPHABET = "0123456789abcdefghijklmnopqrstuvwxyz"
 # RFC 2045 §6.7: encoded lines are at most 76 characters; one is kept for the soft break
 # ("=") that joins a piece to the recipient's URL spliced in after it.
 _QP_LINE = 75
+_LINE_STARTING_WITH_DOT = re.compile(rb"^\.", re.MULTILINE)
 _ATEXT_NAME = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~ -]*")
 
 
@@ -132,18 +133,29 @@ def _qp_piece(text: str) -> bytes:
 
 
 def _qp_url(url: str) -> bytes:
-    """A URL as quoted-printable lines of at most 76 characters, ending in a soft break."""
+    """A URL as quoted-printable lines of at most 76 characters, ending in a soft break.
+
+    A line never starts with "." (it is written =2E), so the spliced bytes need no
+    SMTP dot-stuffing (RFC 5321 §4.5.2).
+    """
     escaped = url.replace("=", "=3D")
     lines, start = [], 0
+    width = _QP_LINE - 2  # room for a leading "." written as "=2E"
     while start < len(escaped):
-        end = min(start + _QP_LINE, len(escaped))
+        end = min(start + width, len(escaped))
         # Never cut an "=XX" escape in two.
         cut = escaped.rfind("=", end - 2, end)
-        if end < len(escaped) and cut != -1:
+        if end < len(escaped) and cut > start:
             end = cut
-        lines.append(escaped[start:end])
+        line = escaped[start:end]
+        lines.append("=2E" + line[1:] if line.startswith(".") else line)
         start = end
     return "".join(line + "=\r\n" for line in lines).encode("ascii")
+
+
+def _dot_stuff(piece: bytes) -> bytes:
+    # Every piece starts a line (see _qp_piece), so "^" is a line start here too.
+    return _LINE_STARTING_WITH_DOT.sub(b"..", piece)
 
 
 @dataclass(frozen=True)
@@ -158,14 +170,19 @@ class PreparedMessage:
     head: bytes  # the headers every recipient shares, CRLF-terminated
     body_pieces: tuple[bytes, ...]  # the encoded body, cut where the unsubscribe URL goes
     html_slots: tuple[bool, ...]  # per cut: the URL goes into HTML (escaped) or text
+    wire_pieces: tuple[bytes, ...]  # body_pieces dot-stuffed once for SMTP DATA
 
     def personalize(self, *, to_email: str, to_name: str = "", unsubscribe_url: str,
-                    msg_id: str, date: datetime) -> bytes:
+                    msg_id: str, date: datetime, wire: bool = False) -> bytes:
         """The complete message bytes for one recipient.
+
+        With `wire`, the bytes are already dot-stuffed as SMTP DATA wants them
+        (`SmtpTransport.send(..., wire_ready=True)`), so no pass over them is needed.
 
         Raises:
             InputError: a recipient value with a line break.
         """
+        pieces = self.wire_pieces if wire else self.body_pieces
         url = _no_newlines(unsubscribe_url, "unsubscribe_url")
         html_url = _qp_url(html.escape(url, quote=True))
         text_url = _qp_url(url)
@@ -174,9 +191,9 @@ class PreparedMessage:
             b"Date: ", format_datetime(date).encode("ascii"),
             b"\r\nMessage-ID: ", _no_newlines(msg_id, "message_id").encode("ascii"),
             b"\r\nList-Unsubscribe: <", url.encode("ascii"), b">\r\n",
-            self.head, b"\r\n", self.body_pieces[0],
+            self.head, b"\r\n", pieces[0],
         ]
-        for is_html, piece in zip(self.html_slots, self.body_pieces[1:], strict=True):
+        for is_html, piece in zip(self.html_slots, pieces[1:], strict=True):
             out.append(html_url if is_html else text_url)
             out.append(piece)
         return b"".join(out)
@@ -226,4 +243,5 @@ def prepare_message(letter: Letter, /) -> PreparedMessage:
         # RFC 2046 §5.1.1: the CRLF before a boundary belongs to the boundary.
         current += _qp(segments[-1]) + b"\r\n"
     pieces.append(current + f"--{boundary}--\r\n".encode("ascii"))
-    return PreparedMessage(head=head, body_pieces=tuple(pieces), html_slots=tuple(slots))
+    return PreparedMessage(head=head, body_pieces=tuple(pieces), html_slots=tuple(slots),
+                           wire_pieces=tuple(_dot_stuff(piece) for piece in pieces))

@@ -7,6 +7,13 @@ from dataclasses import dataclass
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import aiosmtplib
+from aiosmtplib import (
+    SMTPDataError,
+    SMTPResponse,
+    SMTPServerDisconnected,
+    SMTPStatus,
+    SMTPTimeoutError,
+)
 
 from mailer.errors import (
     ConfigError,
@@ -74,19 +81,61 @@ def classify(code: int, reply: str, recipient: str | None = None) -> DeliveryErr
     return TemporaryFailure(message, code=code, reply=reply, recipient=recipient)
 
 
+class _WireDataSMTP(aiosmtplib.SMTP):
+    """aiosmtplib's client, plus DATA for a body already in wire form.
+
+    `data()` normalises line endings and dot-stuffs every message with two regular
+    expression passes; for a body prepared once per issue (CRLF, dot-stuffed, ending in
+    CRLF) that is a fifth of the sender's CPU spent finding nothing to change.
+    """
+
+    async def start_data(self, *, timeout: float | None) -> None:  # noqa: ASYNC109
+        """Send DATA and expect 354: nothing of the message has left yet.
+
+        Raises:
+            SMTPDataError: the server refused DATA.
+            SMTPServerDisconnected, SMTPTimeoutError: the connection is gone.
+        """
+        start = await self.execute_command(b"DATA", timeout=timeout)
+        if start.code != SMTPStatus.start_input:
+            raise SMTPDataError(start.code, start.message)
+
+    async def finish_data(self, data: bytes, *,
+                          timeout: float | None) -> SMTPResponse:  # noqa: ASYNC109
+        """Send a body in wire form (`PreparedMessage.personalize(wire=True)`) and the end mark.
+
+        Raises:
+            SMTPDataError: the server refused the message.
+            SMTPServerDisconnected, SMTPTimeoutError: the connection is gone.
+        """
+        if self.protocol is None:
+            raise SMTPServerDisconnected("Connection lost")
+        try:
+            # Nothing runs between the write and read_response() arming its waiter, so
+            # the reply cannot arrive unexpected (one transaction per client at a time).
+            self.protocol.write(data + b".\r\n")
+            response = await self.protocol.read_response(timeout=timeout)
+        except (SMTPServerDisconnected, SMTPTimeoutError):
+            self.close()
+            raise
+        if response.code != SMTPStatus.completed:
+            raise SMTPDataError(response.code, response.message)
+        return response
+
+
 class SmtpTransport:
     """A reusable SMTP connection: connects on first use and again after a drop or a 421."""
 
     def __init__(self, target: SmtpTarget, *, tls_context: ssl.SSLContext | None = None) -> None:
         self.target = target
         self._tls_context = tls_context
-        self._client: aiosmtplib.SMTP | None = None
+        self._client: _WireDataSMTP | None = None
 
-    async def _connection(self) -> aiosmtplib.SMTP:
+    async def _connection(self) -> _WireDataSMTP:
         if self._client is not None and self._client.is_connected:
             return self._client
         t = self.target
-        client = aiosmtplib.SMTP(
+        client = _WireDataSMTP(
             hostname=t.host, port=t.port, username=t.username, password=t.password,
             use_tls=t.use_tls, start_tls=t.start_tls, validate_certs=t.validate_certs,
             tls_context=self._tls_context, timeout=t.timeout,
@@ -100,8 +149,11 @@ class SmtpTransport:
         self._client = client
         return client
 
-    async def send(self, sender: str, recipient: str, data: bytes) -> tuple[int, str]:
+    async def send(self, sender: str, recipient: str, data: bytes, *,
+                   wire_ready: bool = False) -> tuple[int, str]:
         """Run one SMTP transaction; returns the server's final (code, reply).
+
+        `wire_ready`: `data` is already CRLF and dot-stuffed (see _WireDataSMTP).
 
         Raises:
             TemporaryFailure: 4xx or a connection problem before the data was handed over.
@@ -112,6 +164,8 @@ class SmtpTransport:
         try:
             await client.mail(sender)
             await client.rcpt(recipient)
+            if wire_ready:
+                await client.start_data(timeout=self.target.timeout)
         except aiosmtplib.SMTPResponseException as exc:
             await self._reset_or_drop(client, exc.code)
             raise classify(exc.code, exc.message, recipient) from exc
@@ -119,7 +173,10 @@ class SmtpTransport:
             self._drop()
             raise TemporaryFailure(f"connection lost: {exc}", recipient=recipient) from exc
         try:
-            response = await client.data(data)
+            if wire_ready:
+                response = await client.finish_data(data, timeout=self.target.timeout)
+            else:
+                response = await client.data(data)
         except aiosmtplib.SMTPResponseException as exc:
             await self._reset_or_drop(client, exc.code)
             raise classify(exc.code, exc.message, recipient) from exc

@@ -19,6 +19,8 @@ from mailer.config import Newsletter, Settings
 from mailer.content import load_issue
 from mailer.message import Letter, build_message, list_id, prepare_message
 from mailer.render import render_issue
+from mailer.transport import SmtpTransport, parse_smtp_url
+from tests.smtpd import RecordingServer
 
 REPO = Path(__file__).resolve().parents[1]
 TEMPLATES = REPO / "templates"
@@ -170,3 +172,34 @@ def test_any_name_and_subject_splice_to_the_same_message(name: str, subject: str
 def sample_letter() -> Letter:
     # Rendered once for all hypothesis examples; the root only anchors relative paths.
     return make_letter(REPO)
+
+
+async def test_the_wire_form_arrives_at_a_real_server_exactly_as_the_message(
+    tmp_path: Path,
+) -> None:
+    # Lines starting with "." must be dot-stuffed on the wire (RFC 5321 §4.5.2) and
+    # un-stuffed by the server; the body and the spliced URL both carry such lines.
+    issue = tmp_path / "issues" / "2026-12-07-dots.md"
+    issue.parent.mkdir()
+    issue.write_text('---\nsubject: "Dots"\nstatus: ready\n---\n'
+                     "```\n.hidden\n.\n..two\n```\n\n.leading dot paragraph\n",
+                     encoding="utf-8")
+    prepared = prepare_message(make_letter(tmp_path, issue_file=issue))
+    # The QP line of the spliced URL wraps right before a ".".
+    url = "https://news.example.com/unsubscribe/" + "a" * 36 + ".token.with.dots"
+    args: dict[str, Any] = {"to_email": "ann@example.com", "to_name": "Ann",
+                            "unsubscribe_url": url, "msg_id": MSG_ID, "date": DATE}
+    message = prepared.personalize(**args)
+    async with RecordingServer() as server:
+        transport = SmtpTransport(parse_smtp_url(f"smtp://127.0.0.1:{server.port}"))
+        try:
+            await transport.send("a@example.com", "ann@example.com",
+                                 prepared.personalize(**args, wire=True), wire_ready=True)
+        finally:
+            await transport.aclose()
+    assert server.messages[0].data == message
+    assert b"\r\n=2Etoken" in message
+    text = parse(message).get_body(("plain",))
+    assert text is not None
+    content = text.get_content()
+    assert ".hidden" in content and "..two" in content and url in content
