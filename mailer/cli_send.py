@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
@@ -10,12 +12,12 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from mailer import content, render, tokens
+from mailer import browser, content, render, tokens
 from mailer.config import Config, Newsletter
-from mailer.errors import InputError
+from mailer.errors import ContentError, InputError
 from mailer.keys import load_or_create_secret_key
 from mailer.message import Letter, build_message, list_id, message_id
-from mailer.models import DeliveryStatus, utcnow
+from mailer.models import DeliveryStatus, SendStatus, utcnow
 from mailer.sender import Sender, send_one
 from mailer.sends import start_or_resume_send
 from mailer.store import Outcome, Store
@@ -50,13 +52,17 @@ def _sample_message(cfg: Config, newsletter: Newsletter, letter: Letter, to: str
 
 async def send_now(cfg: Config, newsletter: Newsletter, *, issue_path: Path | None,
                    dry_run: bool, to: str | None, yes: bool, resend_unknown: bool,
-                   now: datetime, console: Console) -> int:
-    """Run `send-now`; returns the exit code (0 only when every recipient got the issue)."""
+                   now: datetime, console: Console, force: bool = False) -> int:
+    """Run `send-now`; returns the exit code (0 only when every recipient got the issue).
+
+    An issue Gmail would clip is refused (ContentError) unless `force`; an interrupted send
+    is finished whatever its size.
+    """
     store = await Store.open(cfg.settings.database_url)
     try:
         if dry_run or to:
             return await _dry_run_or_test_copy(cfg, newsletter, store, issue_path=issue_path,
-                                               to=to, now=now, console=console)
+                                               to=to, now=now, console=console, force=force)
         unfinished = await store.unfinished_send(newsletter.id)
         if unfinished is None:
             issue = _issue_for(cfg, newsletter, issue_path, await store.sent_slugs(newsletter.id),
@@ -65,6 +71,8 @@ async def send_now(cfg: Config, newsletter: Newsletter, *, issue_path: Path | No
                 console.print(f"nothing to send: {newsletter.id} has no due issue "
                               "(ready, send_after passed, not sent yet)")
                 return 0
+            check_clipping(_letter(cfg, newsletter, issue).rendered, issue, force=force,
+                           console=console)
             count = await store.count_recipients(newsletter.id)
             if not yes and not _confirm(console, f"Send {issue.subject!r} to {count} "
                                         f"subscriber(s) of {newsletter.id}?"):
@@ -87,7 +95,7 @@ def _confirm(console: Console, question: str) -> bool:
 
 async def _dry_run_or_test_copy(cfg: Config, newsletter: Newsletter, store: Store, *,
                                 issue_path: Path | None, to: str | None, now: datetime,
-                                console: Console) -> int:
+                                console: Console, force: bool) -> int:
     issue = _issue_for(cfg, newsletter, issue_path, await store.sent_slugs(newsletter.id), now)
     if issue is None:
         console.print(f"nothing to send: {newsletter.id} has no due issue")
@@ -97,14 +105,18 @@ async def _dry_run_or_test_copy(cfg: Config, newsletter: Newsletter, store: Stor
         from mailer.addresses import normalize_email
 
         address = normalize_email(to, where="--to")
+        check_clipping(letter.rendered, issue, force=force, console=console)
         data = _sample_message(cfg, newsletter, letter, address, "")
         code, reply = await send_one(cfg, letter.sender_address, address, data)
         console.print(f"test copy of {issue.slug!r} sent to {address}: {code} {reply}")
         return 0
     count = await store.count_recipients(newsletter.id)
-    size = len(letter.rendered.html.encode())
+    size = letter.rendered.html_bytes
     console.print(f"dry run: {issue.slug!r} ({issue.subject!r}) would go to {count} confirmed "
-                  f"subscriber(s) of {newsletter.id}; HTML {size // 1024} KB; nothing sent")
+                  f"subscriber(s) of {newsletter.id}; HTML {size / 1024:.1f} KB; nothing sent")
+    if letter.rendered.clipped:
+        console.print(f"[yellow]warning: {issue.path}: {render.clip_warning(letter.rendered)}; "
+                      "send-now refuses it without --force[/yellow]", soft_wrap=True)
     return 0
 
 
@@ -131,6 +143,10 @@ async def _deliver_with_progress(cfg: Config, newsletter: Newsletter, store: Sto
     console.print(_summary(counts))
     for email, code, reply in await store.failures(send_id):
         console.print(f"  failed {email}: {code or ''} {reply}", highlight=False)
+    after = await store.get_send(send_id)
+    if after.status == SendStatus.PAUSED:
+        console.print(f"[yellow]paused: {after.pause_reason}. Fix the relay, then run "
+                      f"`mailer send-now {newsletter.id}` to go on.[/yellow]", soft_wrap=True)
     if cfg.settings.smtp_url == "capture":
         console.print(f"captured messages are in {cfg.settings.var_dir / 'outbox'} (a Maildir; "
                       "open the files in new/ with any mail program)", soft_wrap=True)
@@ -147,19 +163,98 @@ def _summary(counts: dict[DeliveryStatus, int]) -> Table:
     return table
 
 
-def preview(cfg: Config, path: Path, *, fmt: str, newsletter_id: str | None) -> bytes:
-    """The bytes `mailer preview` shows for an issue in the given format."""
+FORMATS = ("html", "text", "mjml", "eml")
+
+
+@dataclass(frozen=True)
+class IssuePreview:
+    """An issue rendered exactly as subscribers get it, for a sample recipient."""
+
+    cfg: Config
+    newsletter: Newsletter
+    issue: content.Issue
+    letter: Letter
+
+    @property
+    def rendered(self) -> render.RenderedIssue:
+        return self.letter.rendered
+
+    def parts(self) -> tuple[str, str]:
+        """(html, text) with a sample unsubscribe link that matches nobody."""
+        sample = f"{self.cfg.settings.base_url}/unsubscribe/SAMPLE"
+        return render.personalize(self.rendered, unsubscribe_url=sample)
+
+    def as_format(self, fmt: str) -> bytes:
+        """html or text: the parts; mjml: the source after Jinja, before mjml-python;
+        eml: the whole message, headers and all."""
+        if fmt == "mjml":
+            return render.render_issue_mjml(self.issue, self.newsletter, self.cfg.settings,
+                                            templates_dir=self.cfg.templates_dir).encode()
+        if fmt == "eml":
+            return _sample_message(self.cfg, self.newsletter, self.letter, *SAMPLE_RECIPIENT)
+        html, text = self.parts()
+        return (html if fmt == "html" else text).encode()
+
+
+def load_preview(cfg: Config, path: Path, *, newsletter_id: str | None) -> IssuePreview:
+    """Render the issue file at `path` with its newsletter's template."""
     newsletter = _newsletter_of(cfg, path, newsletter_id)
     issue = content.load_issue(path, tz=newsletter.tz)
-    if fmt == "mjml":
-        return render.render_issue_mjml(issue, newsletter, cfg.settings,
-                                        templates_dir=cfg.templates_dir).encode()
-    letter = _letter(cfg, newsletter, issue)
-    if fmt == "eml":
-        return _sample_message(cfg, newsletter, letter, *SAMPLE_RECIPIENT)
-    sample = f"{cfg.settings.base_url}/unsubscribe/SAMPLE"
-    html, text = render.personalize(letter.rendered, unsubscribe_url=sample)
-    return (html if fmt == "html" else text).encode()
+    return IssuePreview(cfg, newsletter, issue, _letter(cfg, newsletter, issue))
+
+
+def preview(cfg: Config, path: Path, *, fmt: str, newsletter_id: str | None) -> bytes:
+    """The bytes `mailer preview` shows for an issue in the given format."""
+    return load_preview(cfg, path, newsletter_id=newsletter_id).as_format(fmt)
+
+
+@dataclass(frozen=True)
+class PreviewFiles:
+    written: list[Path]
+    html: Path | None  # the HTML file to open in a browser (--open)
+
+
+def write_preview(shown: IssuePreview, data: bytes, *, out: Path | None, open_files: bool,
+                  widths: Sequence[int]) -> PreviewFiles:
+    """Write `mailer preview`'s files: `data` to `out`; with `open_files` the HTML and text
+    parts beside it (or in var/preview/); one PNG per width, screenshot by Chromium.
+
+    Raises:
+        MailerError: a width was asked for and Chromium cannot be driven here.
+    """
+    folder = out.parent if out else shown.cfg.settings.var_dir / "preview"
+    stem = out.stem if out else shown.issue.slug
+    files: dict[Path, bytes] = {out: data} if out else {}
+    html_path = None
+    if open_files:
+        html, text = shown.parts()
+        html_path = folder / f"{stem}.html"
+        files.setdefault(html_path, html.encode())
+        files.setdefault(folder / f"{stem}.txt", text.encode())
+    for path, payload in files.items():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(payload)
+    written = list(files)
+    if widths:
+        shots = [(width, folder / f"{stem}-{width}px.png") for width in widths]
+        written += browser.screenshots(shown.parts()[0], shots)
+    return PreviewFiles(written=written, html=html_path)
+
+
+def check_clipping(rendered: render.RenderedIssue, issue: content.Issue, *, force: bool,
+                   console: Console) -> None:
+    """Refuse to send an issue Gmail would clip, unless forced.
+
+    Raises:
+        ContentError: the issue's HTML is past Gmail's limit and `force` is False.
+    """
+    if not rendered.clipped:
+        return
+    if not force:
+        raise ContentError(f"{render.clip_warning(rendered)}, or add --force to send it anyway",
+                           file=str(issue.path))
+    console.print(f"[yellow]warning: {issue.path}: {render.clip_warning(rendered)}; "
+                  "sending anyway (--force)[/yellow]", soft_wrap=True)
 
 
 def _newsletter_of(cfg: Config, path: Path, newsletter_id: str | None) -> Newsletter:

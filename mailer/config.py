@@ -151,10 +151,21 @@ class Settings(BaseModel):
     max_attempts: int = Field(5, ge=1)
     retry_base_seconds: float = Field(30.0, ge=0)
     hard_bounce_limit: int = Field(1, ge=1)
+    # A send pauses itself when this share of its last `error_window` attempts failed:
+    # a dead relay must not burn through the whole list.
+    max_error_rate: float = Field(0.5, gt=0, le=1)
+    error_window: int = Field(50, ge=1)
     check_deliverability: bool = False
     subscribe_rate_per_minute: int = Field(10, ge=0)
     test_now: datetime | None = None
     log_json: bool = False
+    # `mailer run`: seconds in-flight SMTP transactions get after SIGTERM/SIGINT; how late a
+    # missed slot is still caught up; how often files are checked for edits (0: SIGHUP only);
+    # a progress line every so many messages.
+    shutdown_grace_seconds: float = Field(30.0, ge=0)
+    catch_up_hours: float = Field(24.0, ge=0)
+    watch_seconds: float = Field(2.0, ge=0)
+    log_progress_every: int = Field(100, ge=1)
 
     @model_validator(mode="before")
     @classmethod

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import random
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -13,7 +14,7 @@ from datetime import datetime, timedelta
 from mailer import tokens
 from mailer.errors import DeliveryInDoubt, PermanentFailure, TemporaryFailure
 from mailer.message import Letter, message_id, prepare_message
-from mailer.models import DeliveryStatus, utcnow
+from mailer.models import DeliveryStatus, SendStatus, utcnow
 from mailer.store import Outcome, Recipient, Store
 from mailer.transport import SmtpTransport
 
@@ -28,6 +29,8 @@ class DispatchSettings:
     retry_base_seconds: float = 30.0
     hard_bounce_limit: int = 1
     poll_seconds: float = 0.5
+    max_error_rate: float = 0.5
+    error_window: int = 50
 
 
 @dataclass
@@ -165,6 +168,8 @@ class Dispatcher:
         self.on_outcome = on_outcome
         self.tally = Tally()
         self._stopping = asyncio.Event()
+        self._recent: deque[bool] = deque(maxlen=settings.error_window)
+        self.pause_reason: str | None = None
         self._queue: asyncio.Queue[Recipient | None] = asyncio.Queue(
             maxsize=max(settings.batch_size, settings.concurrency * 2)
         )
@@ -172,6 +177,18 @@ class Dispatcher:
     def stop(self) -> None:
         """Take no new message; in-flight transactions finish and are recorded."""
         self._stopping.set()
+
+    def _note_attempt(self, outcome: Outcome) -> None:
+        # listmonk's MaxSendErrors, as a rate over a window so one bad address among
+        # thousands of good ones never pauses a send, and a dead relay does at once.
+        self._recent.append(outcome.status != DeliveryStatus.SENT)
+        window = self.settings.error_window
+        if self.pause_reason is None and len(self._recent) == window and \
+                sum(self._recent) >= self.settings.max_error_rate * window:
+            self.pause_reason = (f"{sum(self._recent)} of the last {window} attempts failed "
+                                 f"(last: {outcome.smtp_reply or outcome.status})")
+            log.warning("pausing the send: %s", self.pause_reason)
+            self.stop()
 
     @property
     def stopping(self) -> bool:
@@ -203,6 +220,9 @@ class Dispatcher:
 
     async def _claim_loop(self) -> None:
         while not self.stopping:
+            if (await self.store.get_send(self.send_id)).status == SendStatus.PAUSED:
+                self.stop()  # another worker paused it; the author decides when to go on
+                return
             batch = await self.store.claim_deliveries(
                 self.send_id, worker_id=self.worker_id, limit=self.settings.batch_size,
                 now=utcnow(),
@@ -263,6 +283,7 @@ class Dispatcher:
         outcome = outcome_of(recipient, error, reply, msg_id=msg_id, settings=self.settings,
                              now=utcnow())
         self.tally.count(outcome)
+        self._note_attempt(outcome)
         if outcome.status == DeliveryStatus.FAILED:
             log.warning("delivery failed", extra={"recipient_id": recipient.delivery_id,
                                                   "reply": outcome.smtp_reply})

@@ -7,6 +7,7 @@ import contextlib
 import logging
 import os
 import socket
+import weakref
 from collections.abc import Callable
 from types import TracebackType
 
@@ -31,6 +32,8 @@ def dispatch_settings(config: Config) -> DispatchSettings:
         max_attempts=s.max_attempts,
         retry_base_seconds=s.retry_base_seconds,
         hard_bounce_limit=s.hard_bounce_limit,
+        max_error_rate=s.max_error_rate,
+        error_window=s.error_window,
     )
 
 
@@ -54,6 +57,7 @@ class Sender:
         self._stack = contextlib.AsyncExitStack()
         self._heartbeat: asyncio.Task[None] | None = None
         self._current: Dispatcher | None = None
+        self._transports: weakref.WeakSet[SmtpTransport] = weakref.WeakSet()
         self.unknown_released = 0
 
     async def __aenter__(self) -> Sender:
@@ -78,8 +82,12 @@ class Sender:
             self._heartbeat.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._heartbeat
-        # A crash (exc set) still releases claims cleanly; SENDING rows stay for recovery.
-        await self.store.unregister_worker(self.worker_id)
+        # Claims go back to the queue. A row still SENDING here had its transaction cut
+        # (a cancelled send, a broken database): it becomes UNKNOWN now, because once this
+        # worker's row is gone nothing else would ever release it.
+        cut = await self.store.release_dead_workers([self.worker_id])
+        if cut:
+            log.warning("%d deliveries were cut mid-transaction: recorded as unknown", cut)
         await self._stack.aclose()
 
     async def _beat(self) -> None:
@@ -92,12 +100,24 @@ class Sender:
 
     def transport(self) -> SmtpTransport:
         assert self.target is not None, "use Sender as an async context manager"
-        return SmtpTransport(self.target)
+        transport = SmtpTransport(self.target)
+        self._transports.add(transport)
+        return transport
 
     def stop(self) -> None:
         """Stop taking new messages; what is in flight finishes and is recorded."""
         if self._current is not None:
             self._current.stop()
+
+    def abort(self) -> None:
+        """Cut every open SMTP connection, for a stop whose grace period ran out.
+
+        Each cut transaction still ends with an outcome that is recorded: unknown when the
+        server already had the whole message, a retry for later when it had not.
+        """
+        self.stop()
+        for transport in list(self._transports):
+            transport._drop()  # SmtpTransport has no public "cut now" (only a polite QUIT)
 
     async def deliver(self, send: Send, newsletter: Newsletter,
                       on_outcome: Callable[[Outcome], None] | None = None) -> Tally:
@@ -116,7 +136,10 @@ class Sender:
             tally = await dispatcher.run()
         finally:
             self._current = None
-        if not dispatcher.stopping:
+        if dispatcher.pause_reason is not None:
+            await self.store.set_send_status(send.id, SendStatus.PAUSED,
+                                             dispatcher.pause_reason)
+        elif not dispatcher.stopping:
             await finish_if_done(self.store, send.id)
         return tally
 

@@ -1,0 +1,79 @@
+"""`mailer send-now` killed with SIGKILL mid-send, again and again: nobody gets a second copy."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from mailer.models import DeliveryStatus
+from mailer.store import Store
+from tests.conftest import Project
+from tests.smtpd import ServerThread
+
+SUBSCRIBERS = 5000
+CONCURRENCY = 10
+
+
+def send_now(project: Project, *, capture: bool = False) -> subprocess.Popen[str]:
+    env = {**os.environ, "MAILER_SECRET_KEY": "crash-test-key"}
+    output = subprocess.PIPE if capture else subprocess.DEVNULL
+    return subprocess.Popen(
+        [sys.executable, "-m", "mailer", "--config", str(project.config_path), "send-now",
+         "ml-issues", "--yes"], cwd=project.root, env=env, text=True,
+        stdout=output, stderr=output, stdin=subprocess.DEVNULL)
+
+
+async def test_three_sigkills_mid_send_then_a_resume_deliver_everyone_exactly_once(
+    project: Project, store: Store,
+) -> None:
+    seed = random.randrange(1_000_000)
+    rng = random.Random(seed)
+    emails = [f"reader{i:05}@example.com" for i in range(SUBSCRIBERS)]
+    await store.import_subscribers([(e, "") for e in emails], newsletter="ml-issues",
+                                   confirmed=True)
+    kills = 0
+    with ServerThread() as server:
+        project.configure(smtp_url=f"smtp://127.0.0.1:{server.port}",
+                          concurrency=CONCURRENCY)
+        for round_ in range(3):
+            process = send_now(project)
+            # Somewhere in this round's share of the list, at a random message.
+            target = len(server.messages) + rng.randrange(50, SUBSCRIBERS // 5)
+            deadline = time.monotonic() + 120
+            while len(server.messages) < target and process.poll() is None:
+                assert time.monotonic() < deadline, "send-now made no progress"
+                await asyncio.sleep(0.005)
+            assert process.poll() is None, f"send-now ended before kill {round_ + 1}"
+            os.kill(process.pid, signal.SIGKILL)
+            process.wait()
+            kills += 1
+        final = send_now(project, capture=True)
+        output, errors = final.communicate(timeout=300)
+        assert final.returncode in (0, 1), errors
+        copies = collections.Counter(r for m in server.messages for r in m.rcpt_tos)
+
+    [send] = await store.sends("ml-issues")
+    rows = {d.email: d.status for d in await store.deliveries(send.id)}
+    unknown = {e for e, status in rows.items() if status == DeliveryStatus.UNKNOWN}
+    print(f"seed {seed}: {kills} kills, {len(unknown)} deliveries recorded unknown, "
+          f"{len(server.messages)} messages at the server")
+    assert len(unknown) <= CONCURRENCY * kills
+    assert max(copies.values()) == 1, "someone got a second copy"
+    # Everyone not unknown got exactly one message and is recorded sent.
+    for email in emails:
+        if email not in unknown:
+            assert copies[email] == 1 and rows[email] == DeliveryStatus.SENT, email
+    assert final.returncode == (1 if unknown else 0)
+    if unknown:
+        assert f"{len(unknown)}" in output
+
+
+pytestmark = pytest.mark.slow
