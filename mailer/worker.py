@@ -14,6 +14,7 @@ import signal
 from datetime import datetime
 from pathlib import Path
 
+from mailer import logs
 from mailer.config import Config
 from mailer.models import SendStatus
 from mailer.sender import Sender
@@ -30,6 +31,7 @@ async def run_worker(config: Config, *, once: bool = False, poll_seconds: float 
     (what was in flight is settled by the next start, see sends.recover_dead_workers).
     Returns the exit code.
     """
+    logs.configure(json_lines=config.settings.log_json)
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     store = await Store.open(config.settings.database_url)
