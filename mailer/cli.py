@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import csv
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from datetime import datetime
 from functools import wraps
 from pathlib import Path
@@ -63,8 +63,17 @@ def fails_cleanly(func: Callable[P, R]) -> Callable[P, R]:
     return wrapper
 
 
-def run_async(coro: Awaitable[R]) -> R:
-    return asyncio.run(coro)  # type: ignore[arg-type]
+def run_async(coro: Coroutine[Any, Any, R]) -> R:
+    """Run a command's coroutine, on uvloop when installed (`pip install mailer[fast]`)."""
+    loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = None
+    try:
+        import uvloop
+
+        loop_factory = uvloop.new_event_loop
+    except ImportError:
+        pass
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        return runner.run(coro)
 
 
 def now(cfg: Config) -> datetime:

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -15,6 +16,9 @@ from mailer import tokens
 from mailer.errors import DeliveryInDoubt, PermanentFailure, TemporaryFailure
 from mailer.message import Letter, message_id, prepare_message
 from mailer.models import DeliveryStatus, SendStatus, utcnow
+from mailer.ratelimit import SlidingWindow, TokenBucket
+from mailer.sends import HEARTBEAT_TIMEOUT
+from mailer.signing import DkimSigner
 from mailer.store import Outcome, Recipient, Store
 from mailer.transport import SmtpTransport
 
@@ -31,6 +35,8 @@ class DispatchSettings:
     poll_seconds: float = 0.5
     max_error_rate: float = 0.5
     error_window: int = 50
+    rate_per_second: float = 0.0  # across all workers; 0: unlimited
+    max_per_hour: int = 0  # across all workers and sends; 0: no hourly quota
 
 
 @dataclass
@@ -80,6 +86,14 @@ def outcome_of(recipient: Recipient, exc: BaseException | None, reply: tuple[int
                    retry_at=now + retry_delay(attempts, settings.retry_base_seconds))
 
 
+@dataclass(frozen=True, slots=True)
+class _Entry:
+    start: int | None
+    data: int | None
+    outcome: Outcome | None
+    future: asyncio.Future[bool]
+
+
 class Journal:
     """Group commit of delivery state changes for all workers of a process.
 
@@ -93,7 +107,7 @@ class Journal:
         self._store = store
         self._worker_id = worker_id
         self._bounce_limit = bounce_limit
-        self._waiting: list[tuple[int | None, Outcome | None, asyncio.Future[bool]]] = []
+        self._waiting: list[_Entry] = []
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
@@ -107,10 +121,12 @@ class Journal:
         with contextlib.suppress(asyncio.CancelledError):
             await self._task
 
-    async def submit(self, *, start: int | None = None, outcome: Outcome | None = None) -> bool:
-        """Durably record `outcome` and mark `start` SENDING; True if `start` may be sent."""
+    async def submit(self, *, start: int | None = None, outcome: Outcome | None = None,
+                     data: int | None = None) -> bool:
+        """Durably record `outcome`, mark `data` as handing its message over and `start`
+        SENDING; True if `start` may be sent."""
         future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        self._waiting.append((start, outcome, future))
+        self._waiting.append(_Entry(start, data, outcome, future))
         self._wake.set()
         return await future
 
@@ -124,18 +140,19 @@ class Journal:
             try:
                 allowed = await self._store.journal(
                     worker_id=self._worker_id,
-                    started=[s for s, _, _ in batch if s is not None],
-                    outcomes=[o for _, o, _ in batch if o is not None],
+                    started=[e.start for e in batch if e.start is not None],
+                    outcomes=[e.outcome for e in batch if e.outcome is not None],
+                    data=[e.data for e in batch if e.data is not None],
                     bounce_limit=self._bounce_limit,
                 )
             except Exception as exc:  # the waiting workers decide what to do with it
-                for _, _, future in batch:
-                    if not future.done():
-                        future.set_exception(exc)
+                for entry in batch:
+                    if not entry.future.done():
+                        entry.future.set_exception(exc)
                 continue
-            for start, _, future in batch:
-                if not future.done():
-                    future.set_result(start is not None and start in allowed)
+            for entry in batch:
+                if not entry.future.done():
+                    entry.future.set_result(entry.start is not None and entry.start in allowed)
 
 
 class Dispatcher:
@@ -153,6 +170,7 @@ class Dispatcher:
         transport_factory: Callable[[], SmtpTransport],
         settings: DispatchSettings,
         on_outcome: Callable[[Outcome], None] | None = None,
+        signer: DkimSigner | None = None,
     ) -> None:
         self.store = store
         self.send_id = send_id
@@ -173,6 +191,9 @@ class Dispatcher:
         self._queue: asyncio.Queue[Recipient | None] = asyncio.Queue(
             maxsize=max(settings.batch_size, settings.concurrency * 2)
         )
+        self.signer = signer
+        self._bucket = TokenBucket(settings.rate_per_second) if settings.rate_per_second else None
+        self._hour = SlidingWindow(settings.max_per_hour) if settings.max_per_hour else None
 
     def stop(self) -> None:
         """Take no new message; in-flight transactions finish and are recorded."""
@@ -223,10 +244,13 @@ class Dispatcher:
             if (await self.store.get_send(self.send_id)).status == SendStatus.PAUSED:
                 self.stop()  # another worker paused it; the author decides when to go on
                 return
+            limit = await self._claim_limit()
             batch = await self.store.claim_deliveries(
-                self.send_id, worker_id=self.worker_id, limit=self.settings.batch_size,
+                self.send_id, worker_id=self.worker_id, limit=limit,
                 now=utcnow(),
-            )
+            ) if limit else []
+            if self._hour is not None:
+                batch = await self._keep_within_hour(batch)
             for recipient in batch:
                 await self._queue.put(recipient)
             if batch:
@@ -239,6 +263,63 @@ class Dispatcher:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), self.settings.poll_seconds)
 
+    async def _claim_limit(self) -> int:
+        """How many rows the next claim may take under the rate limits (0: none yet).
+
+        Per second, each process takes its share of the rate, re-read from the live
+        workers at every claim; a claim holds at most ~2 s of that share, so a worker that
+        joins or leaves is noticed within seconds. Per hour, the database holds the count
+        (Store.quota_use): a full window waits, interruptibly, until its oldest message
+        falls out (or a minute, to notice a send that finished elsewhere).
+        """
+        limit = self.settings.batch_size
+        if self._bucket is not None:
+            workers = await self.store.live_workers(since=utcnow() - HEARTBEAT_TIMEOUT)
+            share = self.settings.rate_per_second / max(1, workers)
+            self._bucket.set_rate(share)
+            limit = min(limit, max(1, int(share * 2)))
+        if self._hour is not None:
+            now = utcnow()
+            use = await self.store.quota_use(since=now - self._hour.span)
+            limit = min(limit, self._hour.allowance(use.used))
+            if limit == 0:
+                wait = self._hour.reopens_in(use.oldest, now=now)
+                wait = self.settings.poll_seconds if wait is None else min(wait + 0.01, 60.0)
+                log.info("hourly quota of %d reached; waiting %.0f s", self._hour.limit, wait)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stopping.wait(), wait)
+        return limit
+
+    async def _keep_within_hour(self, batch: list[Recipient]) -> list[Recipient]:
+        # Two workers may count the same free room and both claim it. Each counts again
+        # once its claim is committed: of any two claims, the later one's count sees the
+        # earlier one, so whoever went over gives back the excess before sending any.
+        assert self._hour is not None
+        if not batch:
+            return batch
+        use = await self.store.quota_use(since=utcnow() - self._hour.span)
+        excess = min(len(batch), use.used - self._hour.limit)
+        if excess <= 0:
+            return batch
+        await self.store.release_claims(self.worker_id,
+                                        [r.delivery_id for r in batch[-excess:]])
+        return batch[:-excess]
+
+    async def _wait_for_turn(self, journal: Journal, last: Outcome | None) -> Outcome | None:
+        # The per-second share. A worker about to wait writes its last outcome first: a
+        # crash during the wait must not turn a delivered message into an unknown one.
+        assert self._bucket is not None
+        delay = self._bucket.reserve()
+        if delay <= 0:
+            return last
+        until = time.monotonic() + delay
+        if last is not None:
+            await journal.submit(outcome=last)
+            last = None
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), max(0.0, until - time.monotonic()))
+        return last
+
     async def _worker(self, journal: Journal) -> None:
         transport = self.transport_factory()
         last: Outcome | None = None
@@ -248,12 +329,14 @@ class Dispatcher:
                 try:
                     if recipient is None:
                         break
+                    if self._bucket is not None:  # before the row becomes SENDING
+                        last = await self._wait_for_turn(journal, last)
                     if self.stopping:
                         continue  # stays claimed; released when this worker unregisters
                     may_send = await journal.submit(start=recipient.delivery_id, outcome=last)
                     last = None
                     if may_send:
-                        last = await self._deliver(transport, recipient)
+                        last = await self._deliver(transport, recipient, journal)
                     if last is not None and (self._queue.empty() or self.stopping):
                         # Nothing follows at once to carry this outcome: write it now, so
                         # the claim loop's queue.join() sees the send as it really is.
@@ -266,18 +349,24 @@ class Dispatcher:
                 await journal.submit(outcome=last)
             await transport.aclose()
 
-    async def _deliver(self, transport: SmtpTransport, recipient: Recipient) -> Outcome:
+    async def _deliver(self, transport: SmtpTransport, recipient: Recipient,
+                       journal: Journal) -> Outcome:
         msg_id = message_id(self.sender_domain)
         token = tokens.unsubscribe_token(self.secret_key, recipient.subscription_id or 0)
         unsubscribe_url = f"{self.base_url}/unsubscribe/{token}"
         data = self.prepared.personalize(to_email=recipient.email, to_name=recipient.name,
                                          unsubscribe_url=unsubscribe_url, msg_id=msg_id,
-                                         date=utcnow(), wire=True)
+                                         date=utcnow(), wire=self.signer is None)
+        if self.signer is not None:  # over the plain bytes; the transport dot-stuffs
+            data = self.signer.sign(data)
         error: BaseException | None = None
         reply: tuple[int, str] | None = None
         try:
-            reply = await transport.send(self.sender_address, recipient.email, data,
-                                         wire_ready=True)
+            # The data mark is durable before the body leaves: after a crash, a row
+            # without it is sent again, a row with it is unknown (sends.recover_dead_workers).
+            reply = await transport.send(
+                self.sender_address, recipient.email, data, wire_ready=self.signer is None,
+                before_body=lambda: journal.submit(data=recipient.delivery_id))
         except (TemporaryFailure, PermanentFailure, DeliveryInDoubt) as exc:
             error = exc
         outcome = outcome_of(recipient, error, reply, msg_id=msg_id, settings=self.settings,

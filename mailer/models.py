@@ -55,7 +55,7 @@ class SendStatus(enum.StrEnum):
 
 class DeliveryStatus(enum.StrEnum):
     PENDING = "pending"  # waiting, or claimed by a worker (claimed_by set) but not started
-    SENDING = "sending"  # an SMTP transaction was started; a crash here leaves it ambiguous
+    SENDING = "sending"  # in an SMTP transaction; ambiguous after a crash once data_started_at
     SENT = "sent"
     FAILED = "failed"
     UNKNOWN = "unknown"  # the sender died mid-transaction: maybe delivered, never resent blindly
@@ -177,6 +177,9 @@ class Delivery(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime | None]
     sent_at: Mapped[datetime | None]
+    # Set, durably, after the server's 354 and before the first byte of the message: a
+    # SENDING row without it never handed anything over, so a crash there is safe to retry.
+    data_started_at: Mapped[datetime | None]
 
     def __repr__(self) -> str:
         return f"Delivery(id={self.id!r}, send_id={self.send_id!r}, status={self.status!r})"

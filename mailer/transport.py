@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import re
 import ssl
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from urllib.parse import parse_qs, unquote, urlsplit
 
@@ -81,6 +83,19 @@ def classify(code: int, reply: str, recipient: str | None = None) -> DeliveryErr
     return TemporaryFailure(message, code=code, reply=reply, recipient=recipient)
 
 
+_LINE_ENDS = re.compile(rb"\r\n|\n|\r(?!\n)")
+_LEADING_DOT = re.compile(rb"^\.", re.MULTILINE)
+
+
+def wire_form(message: bytes) -> bytes:
+    """A message as SMTP DATA carries it: CRLF line ends, dot-stuffed (RFC 5321 §4.5.2),
+    ending in CRLF — what aiosmtplib's data() does to every message it sends."""
+    message = _LINE_ENDS.sub(b"\r\n", message)
+    if not message.endswith(b"\r\n"):
+        message += b"\r\n"
+    return _LEADING_DOT.sub(b"..", message)
+
+
 class _WireDataSMTP(aiosmtplib.SMTP):
     """aiosmtplib's client, plus DATA for a body already in wire form.
 
@@ -150,33 +165,42 @@ class SmtpTransport:
         return client
 
     async def send(self, sender: str, recipient: str, data: bytes, *,
-                   wire_ready: bool = False) -> tuple[int, str]:
+                   wire_ready: bool = False,
+                   before_body: Callable[[], Awaitable[object]] | None = None,
+                   ) -> tuple[int, str]:
         """Run one SMTP transaction; returns the server's final (code, reply).
 
         `wire_ready`: `data` is already CRLF and dot-stuffed (see _WireDataSMTP).
+        `before_body` is awaited once the server said 354 and before any byte of the
+        message leaves: the sender records there that the outcome may become ambiguous.
 
         Raises:
             TemporaryFailure: 4xx or a connection problem before the data was handed over.
             PermanentFailure: 5xx.
             DeliveryInDoubt: the connection died while the server held the whole message.
         """
+        if not wire_ready:
+            data = wire_form(data)
         client = await self._connection()
         try:
             await client.mail(sender)
             await client.rcpt(recipient)
-            if wire_ready:
-                await client.start_data(timeout=self.target.timeout)
+            await client.start_data(timeout=self.target.timeout)
         except aiosmtplib.SMTPResponseException as exc:
             await self._reset_or_drop(client, exc.code)
             raise classify(exc.code, exc.message, recipient) from exc
         except (aiosmtplib.SMTPException, OSError) as exc:
             self._drop()
             raise TemporaryFailure(f"connection lost: {exc}", recipient=recipient) from exc
+        if before_body is not None:
+            try:
+                await before_body()
+            except BaseException:
+                # Mid-DATA there is no RSET: hanging up makes the server drop the message.
+                self._drop()
+                raise
         try:
-            if wire_ready:
-                response = await client.finish_data(data, timeout=self.target.timeout)
-            else:
-                response = await client.data(data)
+            response = await client.finish_data(data, timeout=self.target.timeout)
         except aiosmtplib.SMTPResponseException as exc:
             await self._reset_or_drop(client, exc.code)
             raise classify(exc.code, exc.message, recipient) from exc

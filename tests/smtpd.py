@@ -99,6 +99,7 @@ class RecordingServer:
       fail_rcpt: address -> replies given to successive RCPTs for it, then it is accepted
         ({"a@x": ["451 4.3.0 try later"] * 2} refuses twice, accepts the third time).
       reject_rcpt: address -> reply given to every RCPT for it ("550 5.1.1 no such user").
+      stall_rcpt: address -> seconds to wait before answering each RCPT for it.
       reply_on_connect: greetings for the first len() connections instead of 220; each such
         connection is closed right after (["421 4.3.2 busy"] * 2).
       drop_before_data_end: close on DATA, before the 354 reply; nothing is stored.
@@ -119,6 +120,7 @@ class RecordingServer:
         messages: list[Received] | None = None,
         fail_rcpt: Mapping[str, Sequence[str]] | None = None,
         reject_rcpt: Mapping[str, str] | None = None,
+        stall_rcpt: Mapping[str, float] | None = None,
         reply_on_connect: Sequence[str] = (),
         drop_before_data_end: Selector = False,
         drop_after_data: Selector = False,
@@ -134,6 +136,7 @@ class RecordingServer:
         self.connections = 0
         self.fail_rcpt = {address: deque(replies) for address, replies in (fail_rcpt or {}).items()}
         self.reject_rcpt = dict(reject_rcpt or {})
+        self.stall_rcpt = dict(stall_rcpt or {})
         if isinstance(reply_on_connect, str):
             reply_on_connect = [reply_on_connect]
         self.reply_on_connect = deque(reply_on_connect)
@@ -159,6 +162,8 @@ class RecordingServer:
         rcpt_options: list[str],
     ) -> str:
         """Refuse per fail_rcpt/reject_rcpt, else accept the recipient."""
+        if address in self.stall_rcpt:
+            await asyncio.sleep(self.stall_rcpt[address])
         pending = self.fail_rcpt.get(address)
         if address in self.reject_rcpt:
             reply = self.reject_rcpt[address]

@@ -77,3 +77,32 @@ async def test_three_sigkills_mid_send_then_a_resume_deliver_everyone_exactly_on
 
 
 pytestmark = pytest.mark.slow
+
+
+async def test_a_kill_before_the_body_left_resends_and_a_kill_after_it_does_not(
+    project: Project, store: Store,
+) -> None:
+    before, after = "before@example.com", "after@example.com"
+    await store.import_subscribers([(before, ""), (after, "")], newsletter="ml-issues",
+                                   confirmed=True)
+    # One transaction hangs at RCPT (nothing of the message has left), the other after
+    # the server stored the whole message (its reply never comes).
+    with ServerThread(stall_rcpt={before: 60}, stall_seconds=60, stall_for={after}) as server:
+        project.configure(smtp_url=f"smtp://127.0.0.1:{server.port}", concurrency=2)
+        process = send_now(project)
+        # The server holds `after`'s message, so its data mark is already durable; give
+        # `before` a moment to be stuck at its RCPT.
+        await asyncio.to_thread(server.wait_for_messages, 1, timeout=60)
+        await asyncio.sleep(1.0)
+        os.kill(process.pid, signal.SIGKILL)
+        process.wait()
+        server.stall_rcpt.clear()
+        final = send_now(project, capture=True)
+        output, errors = final.communicate(timeout=120)
+
+    [send] = await store.sends("ml-issues")
+    rows = {d.email: d.status for d in await store.deliveries(send.id)}
+    assert rows == {before: DeliveryStatus.SENT, after: DeliveryStatus.UNKNOWN}
+    copies = collections.Counter(r for m in server.messages for r in m.rcpt_tos)
+    assert copies == {before: 1, after: 1}
+    assert final.returncode == 1 and "unknown" in output
