@@ -14,7 +14,8 @@ import pytest
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
 from mailer.errors import PermanentFailure, TemporaryFailure
-from mailer.transport import SmtpTransport, classify, parse_smtp_url
+from mailer.transport import SmtpTransport, classify, parse_smtp_url, wire_form
+from tests.smtpd import RecordingServer
 
 MESSAGE = b"From: a@example.com\r\nTo: b@example.com\r\nSubject: hi\r\n\r\nHello\r\n"
 
@@ -125,3 +126,15 @@ def test_smtp_urls_map_to_ports_and_tls_modes() -> None:
     starttls = parse_smtp_url("smtp://me%40example.com@mx.example.com?starttls=true")
     assert (starttls.port, starttls.start_tls, starttls.username) == (587, True, "me@example.com")
     assert parse_smtp_url("smtp://127.0.0.1:2525").port == 2525
+
+
+async def test_a_message_with_bare_newlines_and_leading_dots_arrives_intact() -> None:
+    raw = b"From: a@example.com\nSubject: dots\n\n.hidden\n..two\n.\nlast line"
+    async with RecordingServer() as server:
+        transport = SmtpTransport(parse_smtp_url(f"smtp://127.0.0.1:{server.port}"))
+        try:
+            await transport.send("a@example.com", "b@example.com", raw)
+        finally:
+            await transport.aclose()
+    assert server.messages[0].data == raw.replace(b"\n", b"\r\n") + b"\r\n"
+    assert wire_form(raw).count(b"\r\n..") == 3  # stuffed on the wire, un-stuffed on arrival
