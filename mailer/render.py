@@ -6,7 +6,6 @@ import functools
 import html
 import logging
 import re
-import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -17,7 +16,7 @@ import jinja2
 from markupsafe import Markup
 from mjml import mjml2html
 
-from mailer import markup
+from mailer import colors, markup, plaintext
 from mailer.errors import RenderError
 
 if TYPE_CHECKING:
@@ -36,7 +35,8 @@ GMAIL_CLIP_BYTES = 102 * 1024
 _EMAIL_ONLY = re.compile(
     r"<!--\s*mailer:email-only\s*-->.*?<!--\s*/mailer:email-only\s*-->", re.DOTALL
 )
-_CSS_COLOR = re.compile(r"#(?:[0-9a-fA-F]{3}){1,2}")
+# Scripts written right to left; an issue in one of them is laid out dir="rtl".
+_RTL_LANGUAGES = {"ar", "dv", "fa", "he", "ku", "ps", "sd", "ug", "ur", "yi"}
 
 
 @dataclass(frozen=True)
@@ -49,6 +49,22 @@ class RenderedIssue:
     text: str
     web_url: str
 
+    @property
+    def html_bytes(self) -> int:
+        """The size of the HTML part as sent (what Gmail measures against its 102 KB)."""
+        return len(self.html.encode())
+
+    @property
+    def clipped(self) -> bool:
+        """Gmail would cut this issue short, hiding the rest and the unsubscribe link."""
+        return self.html_bytes > GMAIL_CLIP_BYTES
+
+    @functools.cached_property
+    def _pieces(self) -> tuple[list[str], list[str]]:
+        # Cut once at the slot: joining the pieces per recipient is several times faster
+        # than searching the whole page for the slot again.
+        return self.html.split(UNSUBSCRIBE_SLOT), self.text.split(UNSUBSCRIBE_SLOT)
+
 
 def render_issue(
     issue: Issue, newsletter: Newsletter, settings: Settings, *, templates_dir: Path
@@ -60,18 +76,24 @@ def render_issue(
     """
     source = render_issue_mjml(issue, newsletter, settings, templates_dir=templates_dir)
     page = _mjml_to_html(source, template=templates_dir / newsletter.template)
-    size = len(page.encode())
-    if size > GMAIL_CLIP_BYTES:
-        log.warning("issue %s: HTML is %d KB; Gmail clips messages past 102 KB",
-                    issue.slug, size // 1024)
     web_url = issue_web_url(issue, newsletter, settings)
-    return RenderedIssue(
+    rendered = RenderedIssue(
         subject=issue.subject,
         preheader=issue.preheader,
         html=page,
         text=_issue_text(issue, newsletter, settings, web_url=web_url),
         web_url=web_url,
     )
+    if rendered.clipped:
+        log.warning("issue %s: %s", issue.slug, clip_warning(rendered))
+    return rendered
+
+
+def clip_warning(rendered: RenderedIssue) -> str:
+    """What to tell the author of an issue Gmail would clip."""
+    return (f"the HTML is {rendered.html_bytes / 1024:.1f} KB; Gmail clips messages past "
+            f"{GMAIL_CLIP_BYTES // 1024} KB and hides the rest, footer and unsubscribe link "
+            "included: shorten the issue")
 
 
 def render_issue_mjml(
@@ -82,14 +104,18 @@ def render_issue_mjml(
     Raises:
         RenderError: the template is missing or broken.
     """
-    accent = _accent(newsletter)
-    body = markup.to_mjml(issue.body, accent_color=accent, allow_html=newsletter.allow_html)
+    palette = colors.palette(newsletter.accent_color)
+    body = markup.to_mjml(issue.body, accent_color=palette.text,
+                          allow_html=newsletter.allow_html)
     return _render_template(
         templates_dir,
         newsletter.template,
         newsletter=newsletter,
         issue=issue,
-        accent=accent,
+        issue_date=_long_date(issue),
+        colors=palette,
+        accent=palette.accent,
+        **_language(newsletter),
         # An issue that opens with its own title should not show the subject twice.
         show_subject=not _is_subject(markup.leading_heading(issue.body), issue.subject),
         body=Markup(body),  # markup.to_mjml escaped everything from the issue
@@ -106,10 +132,9 @@ def issue_web_url(issue: Issue, newsletter: Newsletter, settings: Settings) -> s
 
 def personalize(rendered: RenderedIssue, *, unsubscribe_url: str) -> tuple[str, str]:
     """Fill one recipient's unsubscribe link into the (html, text) parts."""
-    return (
-        rendered.html.replace(UNSUBSCRIBE_SLOT, html.escape(unsubscribe_url, quote=True)),
-        rendered.text.replace(UNSUBSCRIBE_SLOT, unsubscribe_url),
-    )
+    html_pieces, text_pieces = rendered._pieces
+    escaped = html.escape(unsubscribe_url, quote=True)
+    return escaped.join(html_pieces), unsubscribe_url.join(text_pieces)
 
 
 def render_web_view(rendered: RenderedIssue) -> str:
@@ -128,17 +153,9 @@ def render_confirm(
         RenderError: the template is missing or broken, or MJML refuses its output.
     """
     name = " ".join(newsletter.name.split())
-    subject = f"Confirm your subscription to {name}"
-    source = _render_template(
-        templates_dir,
-        CONFIRM_TEMPLATE,
-        newsletter=newsletter,
-        accent=_accent(newsletter),
-        subject=subject,
-        confirm_url=confirm_url,
-        days=settings.confirm_token_days,
-        postal_address=settings.postal_address,
-    )
+    subject = _confirm_subject(newsletter)
+    source = render_confirm_mjml(newsletter, settings, confirm_url=confirm_url,
+                                 templates_dir=templates_dir)
     page = _mjml_to_html(source, template=templates_dir / CONFIRM_TEMPLATE)
     days = settings.confirm_token_days
     text = "\n\n".join(
@@ -156,7 +173,34 @@ def render_confirm(
     return subject, page, text + "\n"
 
 
+def render_confirm_mjml(
+    newsletter: Newsletter, settings: Settings, *, confirm_url: str, templates_dir: Path
+) -> str:
+    """The MJML source of the confirmation email, before mjml2html.
+
+    Raises:
+        RenderError: the template is missing or broken.
+    """
+    palette = colors.palette(newsletter.accent_color)
+    return _render_template(
+        templates_dir,
+        CONFIRM_TEMPLATE,
+        newsletter=newsletter,
+        colors=palette,
+        accent=palette.accent,
+        **_language(newsletter),
+        subject=_confirm_subject(newsletter),
+        confirm_url=confirm_url,
+        days=settings.confirm_token_days,
+        postal_address=settings.postal_address,
+    )
+
+
 # --- helpers --------------------------------------------------------------------------------
+
+
+def _confirm_subject(newsletter: Newsletter) -> str:
+    return f"Confirm your subscription to {' '.join(newsletter.name.split())}"
 
 
 def _issue_text(
@@ -165,7 +209,7 @@ def _issue_text(
     parts = [newsletter.name]
     if not _is_subject(markup.leading_heading(issue.body), issue.subject):
         parts.append(_underline(issue.subject, "="))
-    parts.append(markup.to_text(issue.body))
+    parts.append(plaintext.to_text(issue.body))
     parts.append(
         _footer(
             [
@@ -185,26 +229,28 @@ def _footer(lines: list[str]) -> str:
 
 
 def _fill(text: str) -> str:
-    return textwrap.fill(
-        " ".join(text.split()), width=markup.TEXT_WIDTH,
-        break_long_words=False, break_on_hyphens=False,
-    )
+    return "\n".join(plaintext.wrap(" ".join(text.split()))) if text.strip() else ""
 
 
 def _underline(title: str, mark: str) -> str:
     lines = _fill(title).splitlines() or [""]
-    return "\n".join([*lines, mark * max(len(line) for line in lines)])
+    return "\n".join([*lines, mark * min(max(len(line) for line in lines), plaintext.TEXT_WIDTH)])
 
 
 def _is_subject(heading: str | None, subject: str) -> bool:
     return heading is not None and heading.split() == subject.split()
 
 
-def _accent(newsletter: Newsletter) -> str:
-    # The colour lands in CSS, where HTML escaping protects nothing.
-    if not _CSS_COLOR.fullmatch(newsletter.accent_color):
-        raise RenderError("expected a hex colour like #2563eb", field="accent_color")
-    return newsletter.accent_color
+def _language(newsletter: Newsletter) -> dict[str, str]:
+    # Newsletter has no `lang` setting yet: English unless one is added to schedules.yaml.
+    lang = str(getattr(newsletter, "lang", None) or "en")
+    rtl = lang.split("-")[0].lower() in _RTL_LANGUAGES
+    return {"lang": lang, "dir": "rtl" if rtl else "ltr"}
+
+
+def _long_date(issue: Issue) -> str:
+    day = issue.send_after
+    return f"{day.day} {day:%B %Y}" if day else ""
 
 
 @functools.lru_cache(maxsize=16)

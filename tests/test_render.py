@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -10,13 +11,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mailer import markup
+from mailer import markup, plaintext
 from mailer.config import Newsletter, Settings
-from mailer.content import Issue
+from mailer.content import Issue, load_issue
 from mailer.errors import RenderError
 from mailer.render import (
+    GMAIL_CLIP_BYTES,
     UNSUBSCRIBE_SLOT,
     RenderedIssue,
+    clip_warning,
     personalize,
     render_confirm,
     render_issue,
@@ -25,7 +28,8 @@ from mailer.render import (
 )
 
 TEMPLATES = Path(__file__).parents[1] / "templates"
-SEED = Path(__file__).parents[2] / "shared/seed/ml-issue-02.md"
+# The seed issue (../shared/seed/ml-issue-02.md) with its front matter, kept with the tests.
+SEED = Path(__file__).parent / "data" / "ml-issue-02.md"
 TAG = re.compile(r"</?[a-zA-Z][^>\n]*>")
 
 SAMPLE = """\
@@ -162,7 +166,11 @@ def test_html_has_preheader_dark_mode_and_accent_but_no_third_party_fonts(
 ) -> None:
     page = rendered.html
 
-    assert "Lists, tables and a chart</div>" in page  # mj-preview's hidden preheader
+    preheader = re.search(r'<div class="mailer-preheader" style="([^"]*)">([^<]*)</div>', page)
+    assert preheader and preheader[2] == "Lists, tables and a chart"
+    # Hidden, but not by white-on-white text: spam filters score that.
+    assert "display:none" in preheader[1] and "color" not in preheader[1]
+    assert page.index("mailer-preheader") < page.index("Machine Learning Issues</div>")
     assert re.search(r'<meta name="color-scheme" content="light dark"\s*/?>', page)
     assert "prefers-color-scheme: dark" in page
     assert "color:#c2410c" in page
@@ -180,6 +188,45 @@ def test_footer_has_unsubscribe_web_view_postal_address_and_footer_text(
         assert "You get this because you subscribed at example.com." in part
     assert f"Unsubscribe: {UNSUBSCRIBE_SLOT}" in rendered.text
     assert f"View in your browser: {rendered.web_url}" in rendered.text
+
+
+def test_header_names_the_newsletter_and_dates_the_issue(
+    newsletter: Newsletter, mailer_settings: Settings
+) -> None:
+    dated = make_issue(send_after=datetime(2026, 12, 7, tzinfo=UTC))
+
+    page = render_issue(dated, newsletter, mailer_settings, templates_dir=TEMPLATES).html
+    undated = render_issue(make_issue(), newsletter, mailer_settings, templates_dir=TEMPLATES)
+
+    header = page[:page.index('class="mailer-card"')]
+    assert ">Machine Learning Issues</div>" in header and ">7 December 2026</div>" in header
+    assert "class=\"mailer-date\"" not in undated.html
+
+
+def test_a_light_accent_stays_on_borders_and_buttons_but_text_is_made_readable(
+    make_newsletter: Any, mailer_settings: Settings
+) -> None:
+    newsletter = make_newsletter(accent_color="#fde047")
+
+    page = render_issue(make_issue(), newsletter, mailer_settings, templates_dir=TEMPLATES).html
+    _, confirm, _ = render_confirm(newsletter, mailer_settings, templates_dir=TEMPLATES,
+                                   confirm_url="https://news.example.com/confirm/x")
+
+    assert "border-top:4px solid #fde047" in page
+    link_colors = set(re.findall(r'<a href="https://example[^"]*" style="color:(#\w+)', page))
+    assert len(link_colors) == 1 and "#fde047" not in link_colors
+    assert re.search(r"background:#fde047;[^>]*>\s*<a [^>]*color:#111827", confirm)
+
+
+def test_clipping_is_flagged_past_gmails_limit_and_the_warning_names_the_size() -> None:
+    def issue_of(size: int) -> RenderedIssue:
+        return RenderedIssue(subject="s", preheader="", html="é" * (size // 2), text="",
+                             web_url="https://x.test/")
+
+    assert not issue_of(GMAIL_CLIP_BYTES).clipped
+    assert issue_of(GMAIL_CLIP_BYTES + 2).clipped  # bytes, not characters
+    assert clip_warning(issue_of(140 * 1024)).startswith(
+        "the HTML is 140.0 KB; Gmail clips messages past 102 KB")
 
 
 def test_logo_is_shown_in_the_header_when_configured(
@@ -246,7 +293,7 @@ def test_raw_html_is_sanitised_unless_the_newsletter_allows_it(
 @given(st.text(alphabet="<>&\"'/=:`*_[]()!#-| \nabscriptimgonerrorjavascript", max_size=200))
 def test_arbitrary_markdown_renders_without_scripts_or_tags_in_text(body: str) -> None:
     source = markup.to_mjml(body, accent_color="#2563eb")
-    text = markup.to_text(body)
+    text = plaintext.to_text(body)
 
     assert "<script" not in source.lower() and "onerror=" not in source.lower()
     assert "javascript:" not in re.sub(r">[^<]*<", "><", source).lower()  # not in any attribute
@@ -282,7 +329,7 @@ def test_text_part_is_plain_wrapped_and_lists_links_as_references(
 
 def test_text_wraps_paragraphs_at_72_but_never_breaks_a_url() -> None:
     url = "https://example.com/" + "very-long-path/" * 8
-    text = markup.to_text(("word " * 40) + f"<{url}> end\n")
+    text = plaintext.to_text(("word " * 40) + f"<{url}> end\n")
 
     assert url in text.splitlines()
     assert max(len(line) for line in text.splitlines() if "://" not in line) <= 72
@@ -294,11 +341,7 @@ def test_text_wraps_paragraphs_at_72_but_never_breaks_a_url() -> None:
 def test_seed_issue_keeps_headings_links_linked_image_and_code(
     newsletter: Newsletter, mailer_settings: Settings
 ) -> None:
-    if not SEED.exists():
-        pytest.skip("../shared/seed not present (a user's clone has none)")
-    issue = make_issue(SEED.read_text(encoding="utf-8"), slug="ml-issue-02",
-                       subject="Machine Learning Issue #02",
-                       preheader="TOGL, fair networks and EasyNMT")
+    issue = load_issue(SEED)
 
     rendered = render_issue(issue, newsletter, mailer_settings, templates_dir=TEMPLATES)
     page, text = rendered.html, rendered.text
@@ -322,7 +365,7 @@ def test_seed_issue_keeps_headings_links_linked_image_and_code(
     assert "- Translation between 150+ languages" in text
     assert TAG.search(text) is None
     assert long_lines(text) == []
-    assert len(page.encode()) < 102 * 1024
+    assert len(page.encode()) < 102 * 1024 and not rendered.clipped
 
 
 # --- per recipient and web view ----------------------------------------------------------------
