@@ -17,6 +17,7 @@ from mailer.dispatch import Dispatcher, DispatchSettings, Tally
 from mailer.keys import load_or_create_secret_key
 from mailer.models import Send, SendStatus
 from mailer.sends import finish_if_done, letter_for, new_worker_id, recover_dead_workers
+from mailer.signing import signer_from_settings
 from mailer.store import Outcome, Store
 from mailer.transport import SmtpTarget, SmtpTransport, parse_smtp_url
 
@@ -34,6 +35,8 @@ def dispatch_settings(config: Config) -> DispatchSettings:
         hard_bounce_limit=s.hard_bounce_limit,
         max_error_rate=s.max_error_rate,
         error_window=s.error_window,
+        rate_per_second=s.rate_per_second,
+        max_per_hour=s.max_per_hour,
     )
 
 
@@ -58,6 +61,7 @@ class Sender:
         self._heartbeat: asyncio.Task[None] | None = None
         self._current: Dispatcher | None = None
         self._transports: weakref.WeakSet[SmtpTransport] = weakref.WeakSet()
+        self._stopping = False
         self.unknown_released = 0
 
     async def __aenter__(self) -> Sender:
@@ -105,7 +109,9 @@ class Sender:
         return transport
 
     def stop(self) -> None:
-        """Stop taking new messages; what is in flight finishes and is recorded."""
+        """Stop taking new messages, in this send and any later one (a stop can come just
+        before a deliver() begins); what is in flight finishes and is recorded."""
+        self._stopping = True
         if self._current is not None:
             self._current.stop()
 
@@ -128,8 +134,11 @@ class Sender:
             secret_key=self.secret_key, base_url=self.config.settings.base_url,
             worker_id=self.worker_id, transport_factory=self.transport,
             settings=dispatch_settings(self.config), on_outcome=on_outcome,
+            signer=signer_from_settings(self.config.settings),  # the key is read once per send
         )
         self._current = dispatcher
+        if self._stopping:
+            dispatcher.stop()
         try:
             if send.status == SendStatus.PAUSED:
                 await self.store.set_send_status(send.id, SendStatus.SENDING)
