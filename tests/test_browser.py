@@ -1,0 +1,137 @@
+"""A reader on a phone, in headless Chromium: subscribe, confirm from the email, unsubscribe."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import os
+import re
+from collections.abc import Coroutine, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+from playwright.sync_api import Browser, Page, expect, sync_playwright
+from rich.console import Console
+
+from mailer import cli_send
+from mailer.config import Config
+from mailer.models import SubscriptionStatus
+from mailer.store import Store
+from tests.conftest import Project
+from tests.smtpd import ServerThread
+from tests.test_web import LiveServer
+
+pytestmark = pytest.mark.browser
+
+CHROMIUM = Path("/usr/bin/chromium")
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+        "--disable-component-update", "--no-first-run", "--disable-sync"]
+PHONE = {"width": 375, "height": 667}
+NOW = datetime(2026, 12, 8, 9, 0, tzinfo=UTC)
+CONFIRM_LINK = re.compile(r"https?://\S+/confirm/[A-Za-z0-9_.-]+")
+READER = "reader@example.com"
+T = TypeVar("T")
+
+
+@pytest.fixture
+def db_url(tmp_path: Path) -> str:
+    # What the browser sees does not depend on the database; test_web covers PostgreSQL.
+    return f"sqlite:///{tmp_path}/project/var/mailer.db"
+
+
+@pytest.fixture
+def chromium() -> Iterator[Browser]:
+    """Debian's chromium driven by Playwright; never a downloaded browser."""
+    if not CHROMIUM.exists():
+        reason = f"{CHROMIUM} is missing (apt-get install chromium)"
+        if os.environ.get("MAILER_TEST_REQUIRE_BROWSER") == "1":
+            pytest.fail(f"MAILER_TEST_REQUIRE_BROWSER=1 but {reason}")
+        pytest.skip(f"headless browser test skipped: {reason}")
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+def run(coroutine: Coroutine[Any, Any, T]) -> T:
+    # Playwright's sync API keeps an event loop running in this thread: use another one.
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(asyncio.run, coroutine).result()
+
+
+def status_of(config: Config, email: str) -> SubscriptionStatus | None:
+    async def read() -> SubscriptionStatus | None:
+        store = await Store.open(config.settings.database_url)
+        try:
+            sub = await store.subscription_of(email, "ml-issues")
+            return sub.status if sub else None
+        finally:
+            await store.close()
+
+    return run(read())
+
+
+def send_now(config: Config) -> int:
+    """`mailer send-now ml-issues --yes`, in process."""
+    return run(cli_send.send_now(
+        config, config.newsletter("ml-issues"), issue_path=None, dry_run=False, to=None,
+        yes=True, resend_unknown=False, now=NOW, console=Console(file=io.StringIO())))
+
+
+def fits_the_phone(page: Page) -> None:
+    """No sideways scrolling, body text of at least 16px, buttons big enough for a thumb."""
+    assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
+    assert page.evaluate("parseFloat(getComputedStyle(document.body).fontSize)") >= 16
+    for box in (b.bounding_box() for b in page.get_by_role("button").all()):
+        assert box is not None and box["height"] >= 44
+
+
+def test_a_reader_subscribes_confirms_and_unsubscribes_on_a_phone(
+    project: Project, chromium: Browser,
+) -> None:
+    with ServerThread() as smtp, LiveServer(project, smtp_url=f"smtp://127.0.0.1:{smtp.port}") \
+            as site:
+        page = chromium.new_page(viewport=PHONE, is_mobile=True, has_touch=True)
+
+        page.goto(f"{site.url}/subscribe/ml-issues")
+        expect(page.get_by_role("heading", level=1)).to_have_text(
+            "Subscribe to Machine Learning Issues")
+        fits_the_phone(page)
+        page.get_by_label("Email address").fill(READER)
+        page.get_by_label("Name").fill("Rea Der")
+        page.get_by_role("button", name="Subscribe").click()
+        expect(page.get_by_role("heading", level=1)).to_have_text("Check your inbox")
+        assert READER not in page.content()
+        assert status_of(site.config, READER) == SubscriptionStatus.PENDING
+
+        [mail] = smtp.wait_for_messages(1)
+        text = mail.parsed().get_body(preferencelist=("plain",))
+        assert text is not None and mail.rcpt_tos == [READER]
+        [link] = CONFIRM_LINK.findall(text.get_content())
+        page.goto(link)
+        expect(page.get_by_role("heading", level=1)).to_have_text("You are subscribed")
+        fits_the_phone(page)
+        assert status_of(site.config, READER) == SubscriptionStatus.CONFIRMED
+
+        assert send_now(site.config) == 0
+        issue = smtp.wait_for_messages(2)[1].parsed()
+        assert issue["To"] == f"Rea Der <{READER}>"
+        page.goto(issue["List-Unsubscribe"].strip("<>"))
+        expect(page.get_by_role("heading", level=1)).to_have_text(
+            "Unsubscribe from Machine Learning Issues?")
+        expect(page.get_by_role("button")).to_have_count(1)
+        fits_the_phone(page)
+        assert status_of(site.config, READER) == SubscriptionStatus.CONFIRMED  # GET: no change
+
+        page.get_by_role("button", name="Unsubscribe").click()
+        expect(page.get_by_role("heading", level=1)).to_have_text("You are unsubscribed")
+        assert status_of(site.config, READER) == SubscriptionStatus.UNSUBSCRIBED
+
+        page.get_by_role("button", name="Resubscribe").click()
+        expect(page.get_by_role("heading", level=1)).to_have_text("Welcome back")
+        assert status_of(site.config, READER) == SubscriptionStatus.CONFIRMED
