@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import unicodedata
 
 from email_validator import EmailNotValidError, validate_email
 
@@ -40,11 +41,14 @@ def clean_name(raw: str | None, *, where: str | None = None) -> str:
     """A display name safe for a header: one line, bounded length.
 
     Raises:
-        SubscriberError: the name has line breaks or is too long.
+        SubscriberError: the name has line breaks or control characters, or is too long.
     """
     name = (raw or "").strip()
     if LINE_BREAKS.search(name):
         raise SubscriberError("a name may not contain line breaks", field=where)
+    # Control characters and lone surrogates: unprintable, and no database stores the latter.
+    if any(unicodedata.category(c) in ("Cc", "Cs") for c in name):
+        raise SubscriberError("a name may not contain control characters", field=where)
     if len(name) > MAX_NAME:
         raise SubscriberError(f"a name may have at most {MAX_NAME} characters", field=where)
     return name

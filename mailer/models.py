@@ -92,6 +92,9 @@ class Base(DeclarativeBase):
 
 class Subscriber(Base):
     __tablename__ = "subscribers"
+    # Ids are never reused (SQLite reuses the highest rowid after a delete without this):
+    # links signed for a removed subscriber must never reach whoever comes next.
+    __table_args__ = {"sqlite_autoincrement": True}
 
     id: Mapped[int] = mapped_column(primary_key=True)
     email: Mapped[str] = mapped_column(String(320), unique=True)  # normalised, see addresses.py
@@ -107,6 +110,8 @@ class Subscription(Base):
     __table_args__ = (
         UniqueConstraint("subscriber_id", "newsletter"),
         Index("ix_subscriptions_newsletter_status", "newsletter", "status"),
+        # Tokens carry this id: never reused, see Subscriber.
+        {"sqlite_autoincrement": True},
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)

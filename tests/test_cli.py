@@ -260,3 +260,15 @@ def test_preview_renders_the_issue_in_every_format(project: Project, tmp_path: P
 
     unknown = mailer(project, "preview", issue, "--format", "pdf")
     assert unknown.returncode == 2 and "--format" in unknown.stderr
+
+
+def test_a_csv_row_with_a_control_character_in_the_name_is_reported_not_stored(
+    project: Project,
+) -> None:
+    project.configure()
+    csv = project.root / "people.csv"
+    csv.write_text("email,name\nok@example.com,Fine\nbell@example.com,Ding\x07Dong\n",
+                   encoding="utf-8")
+    result = mailer(project, "subscribers", "import", str(csv), "--list", "ml-issues")
+    assert result.returncode == 2 and "line 3" in result.stderr
+    assert "control characters" in result.stderr

@@ -16,10 +16,11 @@ from mailer.errors import InputError
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE_SLUG = "2026-12-07-first-issue"
+# Every template the project ships (emails and web pages: a project's templates/ replaces
+# the bundled ones as a whole), the config and the sample issue.
 STARTER = (
     "schedules.yaml",
-    "templates/newsletter.mjml.j2",
-    "templates/confirm.mjml.j2",
+    *sorted(p.relative_to(REPO).as_posix() for p in (REPO / "templates").rglob("*.j2")),
     f"content/ml-issues/{SAMPLE_SLUG}.md",
 )
 

@@ -107,3 +107,17 @@ async def test_a_confirmed_import_never_resubscribes_someone_who_left(store: Sto
     assert states == {"left@example.com": (SubscriptionStatus.UNSUBSCRIBED, ""),
                       "pending@example.com": (SubscriptionStatus.CONFIRMED, "P"),
                       "new@example.com": (SubscriptionStatus.CONFIRMED, "")}
+
+
+async def test_a_removed_subscriptions_id_is_never_given_to_the_next_subscriber(
+    store: Store,
+) -> None:
+    # Tokens carry the subscription id: a reused id would let a removed subscriber's old
+    # unsubscribe link act on whoever subscribed next.
+    await store.add_subscriber("first@example.com", newsletter="ml-issues", confirmed=True)
+    last = await store.add_subscriber("last@example.com", newsletter="ml-issues", confirmed=True)
+    await store.remove_subscriber("last@example.com", newsletter="ml-issues")
+    newcomer = await store.add_subscriber("new@example.com", newsletter="ml-issues")
+    assert newcomer.id > last.id
+    assert newcomer.subscriber_id > last.subscriber_id
+    assert await store.subscription(last.id) is None
