@@ -6,6 +6,7 @@ import logging
 import os
 import socket
 import uuid
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -67,10 +68,15 @@ def letter_for(send: Send, newsletter: Newsletter, base_url: str) -> Letter:
 
 async def start_or_resume_send(
     config: Config, newsletter: Newsletter, store: Store, *, now: datetime,
-    issue_path: Path | None = None,
+    issue_path: Path | None = None, issues: Sequence[content.Issue] | None = None,
+    slot_start: datetime | None = None,
 ) -> Send | None:
     """The send to work on now: an unfinished one first (CONTRACT), else a new send of the
     given or due issue, queued for every confirmed subscriber. None when nothing is due.
+
+    `issues` are the parsed issues to pick from (the daemon keeps the last good ones when
+    an edit breaks a file); by default the folder is read. With `slot_start` (a scheduled
+    slot began then) a new send is made only if none was made since: None otherwise.
 
     Raises:
         ContentError: the issue file is broken.
@@ -89,19 +95,26 @@ async def start_or_resume_send(
         if issue.slug in await store.sent_slugs(newsletter.id):
             raise InputError("this issue was already sent", file=str(issue_path))
     else:
-        issues = content.load_issues(newsletter.issues, tz=tz)
+        if issues is None:
+            issues = content.load_issues(newsletter.issues, tz=tz)
         due = content.pick_due_issue(issues, await store.sent_slugs(newsletter.id), now)
         if due is None:
-            log.info("no due issue for %s", newsletter.id)
+            log.debug("no due issue for %s", newsletter.id)
             return None
         issue = due
     rendered = render.render_issue(issue, newsletter, config.settings,
                                    templates_dir=config.templates_dir)
-    send, created = await store.open_send(
-        newsletter=newsletter.id, slug=issue.slug, subject=rendered.subject,
-        preheader=rendered.preheader, html=rendered.html, text=rendered.text,
-        web_url=rendered.web_url,
-    )
+    fields = dict(newsletter=newsletter.id, slug=issue.slug, subject=rendered.subject,
+                  preheader=rendered.preheader, html=rendered.html, text=rendered.text,
+                  web_url=rendered.web_url)
+    if slot_start is None:
+        send, created = await store.open_send(**fields)
+    else:
+        found, created = await store.open_send_for_slot(slot_start=slot_start, **fields)
+        if found is None:
+            log.info("the slot of %s already had its issue", newsletter.id)
+            return None
+        send = found
     if created:
         log.info("queued %s/%s", newsletter.id, issue.slug)
     return send

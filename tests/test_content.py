@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import textwrap
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
@@ -199,3 +199,29 @@ def test_any_front_matter_parses_or_raises_content_error(front: str, prefix: str
         assert "\n" not in str(error)
     else:
         assert "\n" not in issue.subject and issue.status in ("ready", "draft")
+
+
+_ISSUES = st.lists(
+    st.builds(lambda slug, draft, days: make(
+        slug, status="draft" if draft else "ready",
+        send_after=None if days is None else NOW + timedelta(days=days)),
+        st.from_regex(r"[a-z][a-z0-9-]{0,8}", fullmatch=True), st.booleans(),
+        st.none() | st.integers(-30, 30)),
+    max_size=8, unique_by=lambda i: i.slug)
+
+
+@given(_ISSUES, st.data())
+def test_the_due_issue_is_ready_unsent_due_and_no_eligible_issue_comes_before_it(
+        issues: list[Issue], data: st.DataObject) -> None:
+    sent = data.draw(st.sets(st.sampled_from([i.slug for i in issues]) if issues
+                             else st.nothing()))
+    due = pick_due_issue(issues, sent, NOW)
+    eligible = [i for i in issues if i.status == "ready" and i.slug not in sent
+                and (i.send_after is None or i.send_after <= NOW)]
+    if due is None:
+        assert eligible == []
+        return
+    assert due in eligible
+    key = (due.send_after or datetime.min.replace(tzinfo=UTC), due.path.name)
+    assert all(key <= (i.send_after or datetime.min.replace(tzinfo=UTC), i.path.name)
+               for i in eligible)
