@@ -6,7 +6,7 @@ import asyncio
 import csv
 import sys
 from collections.abc import Callable, Coroutine
-from datetime import datetime
+from datetime import datetime, timedelta
 from functools import wraps
 from pathlib import Path
 from typing import Annotated, Any, ParamSpec, TypeVar
@@ -20,7 +20,7 @@ from mailer import config as config_mod
 from mailer import subscriptions
 from mailer.config import Config
 from mailer.errors import InputError, MailerError
-from mailer.models import DeliveryStatus, SubscriptionStatus, utcnow
+from mailer.models import DeliveryStatus, SendStatus, SubscriptionStatus, utcnow
 from mailer.store import Store
 
 app = typer.Typer(no_args_is_help=True, add_completion=False,
@@ -370,12 +370,28 @@ def status(newsletter: Annotated[str | None, typer.Argument()] = None) -> None:
                           str(c[DeliveryStatus.PENDING] + c[DeliveryStatus.SENDING]))
         return table
 
-    async def go() -> tuple[Table, Table]:
+    async def go() -> tuple[Table, Table, list[str]]:
         store = await open_store(cfg)
         try:
-            return await schedules(store), await sends(store)
+            return await schedules(store), await sends(store), await problems(store)
         finally:
             await store.close()
+
+    async def problems(store: Store) -> list[str]:
+        """Why unfinished sends wait, their current rate, and the failures with replies."""
+        lines = []
+        for send in await store.sends(newsletter):
+            name = f"{send.newsletter}/{send.slug}"
+            if send.status == SendStatus.PAUSED:
+                lines.append(f"{name} is paused: {send.pause_reason}; "
+                             f"`mailer send-now {send.newsletter}` goes on with it")
+            elif send.status == SendStatus.SENDING:
+                minute = await store.sent_since(send.id, utcnow() - timedelta(minutes=1))
+                lines.append(f"{name} is sending: {minute / 60:.1f} messages/s "
+                             "over the last minute")
+            for email, _, reply in await store.failures(send.id, limit=10):
+                lines.append(f"  failed {email}: {reply}")  # the reply starts with its code
+        return lines
 
     async def sends(store: Store) -> Table:
         table = Table(Column("issue", no_wrap=True), "state", "sent", "failed", "open",
@@ -390,8 +406,11 @@ def status(newsletter: Annotated[str | None, typer.Argument()] = None) -> None:
                           f"{send.created_at:%Y-%m-%d %H:%M}")
         return table
 
-    for table in run_async(go()):
-        out.print(table)
+    schedule_table, sends_table, notes = run_async(go())
+    out.print(schedule_table)
+    out.print(sends_table)
+    for line in notes:
+        out.print(line, highlight=False, markup=False, soft_wrap=True)
 
 
 @app.command()

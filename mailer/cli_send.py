@@ -141,8 +141,8 @@ async def _deliver_with_progress(cfg: Config, newsletter: Newsletter, store: Sto
             await sender.deliver(send, newsletter, on_outcome=advance)
     counts = await store.delivery_counts(send_id)
     console.print(_summary(counts))
-    for email, code, reply in await store.failures(send_id):
-        console.print(f"  failed {email}: {code or ''} {reply}", highlight=False)
+    for email, _, reply in await store.failures(send_id):
+        console.print(f"  failed {email}: {reply}", highlight=False)  # reply has the code
     after = await store.get_send(send_id)
     if after.status == SendStatus.PAUSED:
         console.print(f"[yellow]paused: {after.pause_reason}. Fix the relay, then run "

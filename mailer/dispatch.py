@@ -222,21 +222,27 @@ class Dispatcher:
             workers = [asyncio.create_task(self._worker(journal), name=f"mailer-smtp-{i}")
                        for i in range(self.settings.concurrency)]
             claimer = asyncio.create_task(self._claim_loop(), name="mailer-claim")
-            # Workers only end on the sentinel or by failing, so the first task to finish
-            # is either the claimer (all claimed work handed out) or a broken worker.
-            await asyncio.wait([claimer, *workers], return_when=asyncio.FIRST_COMPLETED)
-            if claimer.done() and claimer.exception() is None:
-                for _ in workers:
-                    await self._queue.put(None)
-                await asyncio.wait(workers, return_when=asyncio.FIRST_EXCEPTION)
-            failed = [t for t in (claimer, *workers) if t.done() and t.exception() is not None]
-            if failed:
-                # A broken database or a bug: stop everything; rows left SENDING become
-                # UNKNOWN on the next start, claimed ones go back to the queue.
-                for task in (claimer, *workers):
+            tasks = [claimer, *workers]
+            try:
+                # Workers only end on the sentinel or by failing, so the first task to
+                # finish is either the claimer (all claimed work handed out) or a broken
+                # worker.
+                await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+                if claimer.done() and claimer.exception() is None:
+                    for _ in workers:
+                        await self._queue.put(None)
+                    await asyncio.wait(workers, return_when=asyncio.FIRST_EXCEPTION)
+                failed = [t for t in tasks if t.done() and t.exception() is not None]
+                if failed:
+                    # A broken database or a bug: stop everything; rows left SENDING are
+                    # settled on the next start, claimed ones go back to the queue.
+                    raise failed[0].exception()  # type: ignore[misc]
+            finally:
+                # Also when run() itself is cancelled: no task may outlive the journal it
+                # waits on.
+                for task in tasks:
                     task.cancel()
-                await asyncio.gather(claimer, *workers, return_exceptions=True)
-                raise failed[0].exception()  # type: ignore[misc]
+                await asyncio.gather(*tasks, return_exceptions=True)
         return self.tally
 
     async def _claim_loop(self) -> None:

@@ -123,7 +123,7 @@ class Sender:
         """
         self.stop()
         for transport in list(self._transports):
-            transport._drop()  # SmtpTransport has no public "cut now" (only a polite QUIT)
+            transport.abort()
 
     async def deliver(self, send: Send, newsletter: Newsletter,
                       on_outcome: Callable[[Outcome], None] | None = None) -> Tally:

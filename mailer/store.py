@@ -367,6 +367,13 @@ class Store:
             )
             return [(e, c, r or "") for e, c, r in rows.all()]
 
+    async def sent_since(self, send_id: int, since: datetime) -> int:
+        """Messages of a send delivered after `since` (the rate `mailer status` shows)."""
+        async with self.session() as s:
+            return int((await s.execute(select(func.count()).select_from(Delivery).where(
+                Delivery.send_id == send_id, Delivery.status == DeliveryStatus.SENT,
+                Delivery.sent_at > since))).scalar_one())
+
     # -- workers and claims --------------------------------------------------------------------
 
     async def register_worker(self, worker_id: str, *, host: str, pid: int) -> None:

@@ -220,6 +220,13 @@ class SmtpTransport:
         except (aiosmtplib.SMTPException, OSError):
             self._drop()
 
+    def abort(self) -> None:
+        """Cut the connection now, mid-transaction if need be (a shutdown out of grace).
+
+        The transaction in progress then fails like any lost connection and is recorded.
+        """
+        self._drop()
+
     def _drop(self) -> None:
         if self._client is not None:
             self._client.close()

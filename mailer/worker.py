@@ -71,7 +71,7 @@ async def _deliver_open_sends(config: Config, store: Store, sender: Sender,
         if stopping.is_set():
             break
         send = await store.unfinished_send(newsletter.id)
-        # A paused send waits for the author (send-now --resume or the daemon), not for us.
+        # A paused send waits for the author (`mailer send-now` goes on with it), not for us.
         if send is None or send.status != SendStatus.SENDING:
             continue
         if await store.open_deliveries(send.id) == 0:

@@ -272,3 +272,13 @@ def test_a_csv_row_with_a_control_character_in_the_name_is_reported_not_stored(
     result = mailer(project, "subscribers", "import", str(csv), "--list", "ml-issues")
     assert result.returncode == 2 and "line 3" in result.stderr
     assert "control characters" in result.stderr
+
+
+def test_status_lists_each_failure_with_the_servers_reply(project: Project) -> None:
+    with ServerThread(reject_rcpt={"alan@example.org": "550 5.1.1 no such user"}) as server:
+        project.configure(smtp_url=f"smtp://127.0.0.1:{server.port}")
+        add_confirmed(project, *SUBSCRIBERS)
+        assert mailer(project, "send-now", "ml-issues", "--yes").returncode == 1
+    status = mailer(project, "status")
+    assert status.returncode == 0, status.stderr
+    assert "failed alan@example.org: 550 5.1.1 no such user" in status.stdout
