@@ -309,6 +309,11 @@ class Dispatcher:
             return batch
         await self.store.release_claims(self.worker_id,
                                         [r.delivery_id for r in batch[-excess:]])
+        # Both may have given back: a random pause lets one of them claim first next time,
+        # instead of the two colliding again and again.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(),
+                                   random.uniform(0, self.settings.poll_seconds))
         return batch[:-excess]
 
     async def _wait_for_turn(self, journal: Journal, last: Outcome | None) -> Outcome | None:
