@@ -302,33 +302,37 @@ class Store:
         (newsletter, slug) makes a second call a no-op that returns the existing send.
         """
         async with self.session.begin() as s:
-            created = await s.execute(
-                self._insert(Send).values(
-                    newsletter=newsletter, slug=slug, subject=subject, preheader=preheader,
-                    html=html, text=text, web_url=web_url, status=SendStatus.SENDING,
-                    created_at=utcnow(),
-                ).on_conflict_do_nothing(index_elements=["newsletter", "slug"])
-                .returning(Send.id)
-            )
-            new_id = created.scalar_one_or_none()
-            send = (await s.execute(
-                select(Send).where(Send.newsletter == newsletter, Send.slug == slug)
-            )).scalar_one()
-            if new_id is not None:
-                now = utcnow()
-                recipients = (
-                    select(literal(send.id), Subscription.id, Subscriber.email, Subscriber.name,
-                           literal(DeliveryStatus.PENDING.value), literal(0), literal(now))
-                    .join(Subscriber, Subscriber.id == Subscription.subscriber_id)
-                    .where(Subscription.newsletter == newsletter,
-                           Subscription.status == SubscriptionStatus.CONFIRMED)
-                    .order_by(Subscription.id)
-                )
-                await s.execute(insert(Delivery).from_select(
-                    ["send_id", "subscription_id", "email", "name", "status", "attempts",
-                     "created_at"], recipients,
-                ))
-            return send, new_id is not None
+            return await self._insert_and_queue(
+                s, newsletter=newsletter, slug=slug, subject=subject, preheader=preheader,
+                html=html, text=text, web_url=web_url)
+
+    async def _insert_and_queue(self, s: AsyncSession, *, newsletter: str, slug: str,
+                                **content: str) -> tuple[Send, bool]:
+        # ON CONFLICT: whoever inserted the issue first owns it; the others share that send.
+        now = utcnow()
+        new_id = (await s.execute(
+            self._insert(Send).values(newsletter=newsletter, slug=slug,
+                                      status=SendStatus.SENDING, created_at=now, **content)
+            .on_conflict_do_nothing(index_elements=["newsletter", "slug"])
+            .returning(Send.id)
+        )).scalar_one_or_none()
+        send = (await s.execute(select(Send).where(
+            Send.newsletter == newsletter, Send.slug == slug))).scalar_one()
+        if new_id is None:
+            return send, False
+        recipients = (
+            select(literal(send.id), Subscription.id, Subscriber.email, Subscriber.name,
+                   literal(DeliveryStatus.PENDING.value), literal(0), literal(now))
+            .join(Subscriber, Subscriber.id == Subscription.subscriber_id)
+            .where(Subscription.newsletter == newsletter,
+                   Subscription.status == SubscriptionStatus.CONFIRMED)
+            .order_by(Subscription.id)
+        )
+        await s.execute(insert(Delivery).from_select(
+            ["send_id", "subscription_id", "email", "name", "status", "attempts", "created_at"],
+            recipients,
+        ))
+        return send, True
 
     async def set_send_status(self, send_id: int, status: SendStatus, reason: str | None = None
                               ) -> None:
@@ -795,32 +799,8 @@ class Store:
             )).scalar_one_or_none()
             if other is not None:
                 return None, False
-            now = utcnow()
-            # ON CONFLICT: a `send-now` of the same issue (which takes no slot lock) may
-            # have inserted it a moment ago; then that send is the one to share.
-            new_id = (await s.execute(
-                self._insert(Send).values(
-                    newsletter=newsletter, slug=slug, subject=subject, preheader=preheader,
-                    html=html, text=text, web_url=web_url, status=SendStatus.SENDING,
-                    created_at=now,
-                ).on_conflict_do_nothing(index_elements=["newsletter", "slug"])
-                .returning(Send.id)
-            )).scalar_one_or_none()
-            send = (await s.execute(select(Send).where(
-                Send.newsletter == newsletter, Send.slug == slug))).scalar_one()
-            if new_id is None:
-                return send, False
-            # The same INSERT … SELECT as open_send: the queue is complete or absent.
-            recipients = (
-                select(literal(send.id), Subscription.id, Subscriber.email, Subscriber.name,
-                       literal(DeliveryStatus.PENDING.value), literal(0), literal(now))
-                .join(Subscriber, Subscriber.id == Subscription.subscriber_id)
-                .where(Subscription.newsletter == newsletter,
-                       Subscription.status == SubscriptionStatus.CONFIRMED)
-                .order_by(Subscription.id)
-            )
-            await s.execute(insert(Delivery).from_select(
-                ["send_id", "subscription_id", "email", "name", "status", "attempts",
-                 "created_at"], recipients,
-            ))
-            return send, True
+            # A `send-now` of the same issue (which takes no slot lock) may have inserted it
+            # a moment ago; then that send is the one to share.
+            return await self._insert_and_queue(
+                s, newsletter=newsletter, slug=slug, subject=subject, preheader=preheader,
+                html=html, text=text, web_url=web_url)
