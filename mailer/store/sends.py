@@ -1,0 +1,242 @@
+"""Queries about sends: queueing an issue, its progress, the archive, the schedule's slots."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    func,
+    insert,
+    literal,
+    select,
+    update,
+)
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from mailer import db
+from mailer.models import (
+    Delivery,
+    DeliveryStatus,
+    Send,
+    SendStatus,
+    Subscriber,
+    Subscription,
+    SubscriptionStatus,
+    utcnow,
+)
+from mailer.store._base import StoreBase
+from mailer.store.rows import ArchivedIssue
+
+
+class SendQueries(StoreBase):
+    """Sends: one per issue and newsletter, with the counts and history around them."""
+
+    # -- sends -------------------------------------------------------------------------------
+
+    async def sent_slugs(self, newsletter: str) -> set[str]:
+        """Slugs of every issue ever started for `newsletter`: those are never due again."""
+        async with self.session() as s:
+            rows = await s.execute(select(Send.slug).where(Send.newsletter == newsletter))
+            return set(rows.scalars())
+
+    async def unfinished_send(self, newsletter: str) -> Send | None:
+        """The oldest send of `newsletter` that was interrupted or paused: it goes first."""
+        async with self.session() as s:
+            return (await s.execute(
+                select(Send)
+                .where(Send.newsletter == newsletter, Send.status != SendStatus.FINISHED)
+                .order_by(Send.id).limit(1)
+            )).scalar_one_or_none()
+
+    async def get_send(self, send_id: int) -> Send:
+        async with self.session() as s:
+            return (await s.execute(select(Send).where(Send.id == send_id))).scalar_one()
+
+    async def open_send(
+        self, *, newsletter: str, slug: str, subject: str, preheader: str, html: str, text: str,
+        web_url: str,
+    ) -> tuple[Send, bool]:
+        """Create the send of an issue and queue one delivery per confirmed subscriber.
+
+        Returns the send and whether this call created it. The send row and all its
+        deliveries are written in one transaction, and the recipients are copied by one
+        INSERT … SELECT inside the database, so memory does not grow with the list and a
+        crash leaves either no send or a complete queue. The unique key on
+        (newsletter, slug) makes a second call a no-op that returns the existing send.
+        """
+        async with self.session.begin() as s:
+            return await self._insert_and_queue(
+                s, newsletter=newsletter, slug=slug, subject=subject, preheader=preheader,
+                html=html, text=text, web_url=web_url)
+
+    async def _insert_and_queue(self, s: AsyncSession, *, newsletter: str, slug: str,
+                                **content: str) -> tuple[Send, bool]:
+        # ON CONFLICT: whoever inserted the issue first owns it; the others share that send.
+        now = utcnow()
+        new_id = (await s.execute(
+            self._insert(Send).values(newsletter=newsletter, slug=slug,
+                                      status=SendStatus.SENDING, created_at=now, **content)
+            .on_conflict_do_nothing(index_elements=["newsletter", "slug"])
+            .returning(Send.id)
+        )).scalar_one_or_none()
+        send = (await s.execute(select(Send).where(
+            Send.newsletter == newsletter, Send.slug == slug))).scalar_one()
+        if new_id is None:
+            return send, False
+        recipients = (
+            select(literal(send.id), Subscription.id, Subscriber.email, Subscriber.name,
+                   literal(DeliveryStatus.PENDING.value), literal(0), literal(now))
+            .join(Subscriber, Subscriber.id == Subscription.subscriber_id)
+            .where(Subscription.newsletter == newsletter,
+                   Subscription.status == SubscriptionStatus.CONFIRMED)
+            .order_by(Subscription.id)
+        )
+        await s.execute(insert(Delivery).from_select(
+            ["send_id", "subscription_id", "email", "name", "status", "attempts", "created_at"],
+            recipients,
+        ))
+        return send, True
+
+    async def set_send_status(self, send_id: int, status: SendStatus, reason: str | None = None
+                              ) -> None:
+        async with self.session.begin() as s:
+            values: dict[str, Any] = {"status": status, "pause_reason": reason}
+            if status == SendStatus.FINISHED:
+                values["finished_at"] = utcnow()
+            await s.execute(update(Send).where(Send.id == send_id).values(**values))
+
+    async def delivery_counts(self, send_id: int) -> dict[DeliveryStatus, int]:
+        """Deliveries of a send by state (the numbers `status` and progress bars show)."""
+        async with self.session() as s:
+            rows = await s.execute(
+                select(Delivery.status, func.count()).where(Delivery.send_id == send_id)
+                .group_by(Delivery.status)
+            )
+            counts = {state: 0 for state in DeliveryStatus}
+            counts.update({DeliveryStatus(state): n for state, n in rows.all()})
+            return counts
+
+    async def sends(self, newsletter: str | None = None) -> Sequence[Send]:
+        async with self.session() as s:
+            query = select(Send).order_by(Send.id)
+            if newsletter:
+                query = query.where(Send.newsletter == newsletter)
+            return (await s.execute(query)).scalars().all()
+
+    async def failures(self, send_id: int, limit: int = 20
+                       ) -> Sequence[tuple[str, int | None, str]]:
+        """The failed deliveries of a send with the server's reply, newest first."""
+        async with self.session() as s:
+            rows = await s.execute(
+                select(Delivery.email, Delivery.smtp_code, Delivery.smtp_reply)
+                .where(Delivery.send_id == send_id, Delivery.status == DeliveryStatus.FAILED)
+                .order_by(Delivery.updated_at.desc()).limit(limit)
+            )
+            return [(e, c, r or "") for e, c, r in rows.all()]
+
+    async def sent_since(self, send_id: int, since: datetime) -> int:
+        """Messages of a send delivered after `since` (the rate `mailer status` shows)."""
+        async with self.session() as s:
+            return int((await s.execute(select(func.count()).select_from(Delivery).where(
+                Delivery.send_id == send_id, Delivery.status == DeliveryStatus.SENT,
+                Delivery.sent_at > since))).scalar_one())
+
+    # -- archive and metrics -----------------------------------------------------------------
+
+    async def archived_issues(self, newsletter: str) -> list[ArchivedIssue]:
+        """The issues of a newsletter that went out, newest first, without their bodies.
+
+        Every send counts, finished or not: once the first copy left, the issue is public.
+        """
+        async with self.session() as s:
+            rows = await s.execute(
+                select(Send.slug, Send.subject, Send.preheader, Send.created_at)
+                .where(Send.newsletter == newsletter)
+                .order_by(Send.created_at.desc(), Send.id.desc())
+            )
+            return [ArchivedIssue(*row) for row in rows.all()]
+
+    async def archived_issue(self, newsletter: str, slug: str) -> Send | None:
+        """The send of one issue, for its web view (None: never sent)."""
+        async with self.session() as s:
+            return (await s.execute(select(Send).where(
+                Send.newsletter == newsletter, Send.slug == slug))).scalar_one_or_none()
+
+    async def subscription_counts(self) -> dict[tuple[str, SubscriptionStatus], int]:
+        """Subscriptions per (newsletter, state), counted in the database at scrape time so
+        every process reports the same numbers."""
+        async with self.session() as s:
+            rows = await s.execute(
+                select(Subscription.newsletter, Subscription.status, func.count())
+                .group_by(Subscription.newsletter, Subscription.status))
+            return {(n, SubscriptionStatus(status)): c for n, status, c in rows.all()}
+
+    async def delivery_totals(self) -> dict[tuple[str, DeliveryStatus], int]:
+        """Deliveries per (newsletter, state) over every send: the sent/failed totals."""
+        async with self.session() as s:
+            rows = await s.execute(
+                select(Send.newsletter, Delivery.status, func.count())
+                .join(Send, Send.id == Delivery.send_id)
+                .group_by(Send.newsletter, Delivery.status))
+            return {(n, DeliveryStatus(status)): c for n, status, c in rows.all()}
+
+    async def send_durations(self) -> list[tuple[str, float]]:
+        """(newsletter, seconds from queueing to the last outcome) of every finished send.
+
+        The difference is taken in Python: SQLite and PostgreSQL subtract dates differently.
+        """
+        async with self.session() as s:
+            rows = await s.execute(
+                select(Send.newsletter, Send.created_at, Send.finished_at)
+                .where(Send.status == SendStatus.FINISHED, Send.finished_at.is_not(None)))
+            return [(n, max(0.0, (end - start).total_seconds()))
+                    for n, start, end in rows.all() if end is not None]
+
+    # -- the daemon's schedule ---------------------------------------------------------------
+
+    async def latest_send(self, newsletter: str) -> Send | None:
+        """The newest send of `newsletter`: `status` shows it as the last send, and when it
+        was created tells the scheduler whether the latest slot already had its issue."""
+        async with self.session() as s:
+            return (await s.execute(
+                select(Send).where(Send.newsletter == newsletter)
+                .order_by(Send.created_at.desc(), Send.id.desc()).limit(1)
+            )).scalar_one_or_none()
+
+    async def open_send_for_slot(
+        self, *, slot_start: datetime, newsletter: str, slug: str, subject: str,
+        preheader: str, html: str, text: str, web_url: str,
+    ) -> tuple[Send | None, bool]:
+        """open_send for a scheduled slot: at most one new issue per newsletter per slot.
+
+        Two daemons firing the same slot share one send (the unique key does that), but
+        without this check a daemon that is a moment late would find the first issue
+        already sent and start the next one in the same slot. So "was any send of this
+        newsletter created since the slot began?" and the insert happen in one
+        transaction under a lock: SQLite's BEGIN IMMEDIATE write lock, or on PostgreSQL a
+        transaction-scoped advisory lock per newsletter (there is no row to lock before
+        the send exists). Returns (the send of `slug`, whether this call created it), or
+        (None, False) when the slot already had another issue.
+        """
+        async with self.session.begin() as s:
+            if not db.is_sqlite(self.engine):
+                key = int.from_bytes(hashlib.blake2b(f"mailer-slot:{newsletter}".encode(),
+                                                     digest_size=8).digest(), "big", signed=True)
+                await s.execute(select(func.pg_advisory_xact_lock(key)))
+            same = (await s.execute(select(Send).where(
+                Send.newsletter == newsletter, Send.slug == slug))).scalar_one_or_none()
+            if same is not None:
+                return same, False
+            other = (await s.execute(select(Send.id).where(
+                Send.newsletter == newsletter, Send.created_at >= slot_start).limit(1)
+            )).scalar_one_or_none()
+            if other is not None:
+                return None, False
+            # A `send-now` of the same issue (which takes no slot lock) may have inserted it
+            # a moment ago; then that send is the one to share.
+            return await self._insert_and_queue(
+                s, newsletter=newsletter, slug=slug, subject=subject, preheader=preheader,
+                html=html, text=text, web_url=web_url)
