@@ -2,87 +2,32 @@
 
 from __future__ import annotations
 
-import asyncio
-import csv
 import sys
-from collections.abc import Callable, Coroutine
-from datetime import datetime, timedelta
-from functools import wraps
+from datetime import timedelta
 from pathlib import Path
-from typing import Annotated, Any, ParamSpec, TypeVar
+from typing import Annotated, Any
 
 import typer
 from rich import box
-from rich.console import Console
 from rich.table import Column, Table
 
-from mailer import config as config_mod
-from mailer import subscriptions
-from mailer.config import Config
-from mailer.errors import InputError, MailerError
-from mailer.models import DeliveryStatus, SendStatus, SubscriptionStatus, utcnow
+from mailer import cli_subscribers
+from mailer.cli_common import (
+    err,
+    fails_cleanly,
+    now,
+    open_store,
+    out,
+    run_async,
+    state,
+)
+from mailer.errors import InputError
+from mailer.models import DeliveryStatus, SendStatus, utcnow
 from mailer.store import Store
 
 app = typer.Typer(no_args_is_help=True, add_completion=False,
                   help="Markdown newsletters delivered on schedule, exactly once.")
-subscribers_app = typer.Typer(no_args_is_help=True,
-                              help="Add, import, export and remove subscribers.")
-app.add_typer(subscribers_app, name="subscribers")
-
-out = Console()
-err = Console(stderr=True)
-
-P = ParamSpec("P")
-R = TypeVar("R")
-
-
-class State:
-    config_path: Path | None = None
-    _config: Config | None = None
-
-    def config(self) -> Config:
-        if self._config is None:
-            self._config = config_mod.load(self.config_path)
-        return self._config
-
-
-state = State()
-
-
-def fails_cleanly(func: Callable[P, R]) -> Callable[P, R]:
-    """MailerError → one line on stderr and exit 2 (bad input) or 1 (failed operation)."""
-
-    @wraps(func)
-    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-        try:
-            return func(*args, **kwargs)
-        except MailerError as exc:
-            err.print(f"[red]error:[/red] {exc}", highlight=False, markup=True, soft_wrap=True)
-            raise typer.Exit(exc.exit_code) from None
-
-    return wrapper
-
-
-def run_async(coro: Coroutine[Any, Any, R]) -> R:
-    """Run a command's coroutine, on uvloop when installed (`pip install mailer[fast]`)."""
-    loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = None
-    try:
-        import uvloop
-
-        loop_factory = uvloop.new_event_loop
-    except ImportError:
-        pass
-    with asyncio.Runner(loop_factory=loop_factory) as runner:
-        return runner.run(coro)
-
-
-def now(cfg: Config) -> datetime:
-    """The current time, or the documented test clock `test_now` when it is set."""
-    return cfg.settings.test_now or utcnow()
-
-
-async def open_store(cfg: Config) -> Store:
-    return await Store.open(cfg.settings.database_url)
+app.add_typer(cli_subscribers.app, name="subscribers")
 
 
 @app.callback()
@@ -200,138 +145,6 @@ def preview(
     if files.html and not browser.open_files([files.html]):
         err.print(f"no browser to open here: open {files.html} yourself", highlight=False,
                   soft_wrap=True)
-
-
-# -- subscribers ---------------------------------------------------------------------------------
-
-
-ListOpt = Annotated[str, typer.Option("--list", help="the newsletter id")]
-
-
-@subscribers_app.command("add")
-@fails_cleanly
-def subscribers_add(
-    email: str, list_: ListOpt,
-    name: Annotated[str, typer.Option(help="display name")] = "",
-    confirmed: Annotated[bool, typer.Option(
-        "--confirmed", help="skip double opt-in (only for people who already agreed)")] = False,
-) -> None:
-    """Add one subscriber (pending, with a confirmation email, unless --confirmed)."""
-    cfg = state.config()
-    newsletter = cfg.newsletter(list_)
-
-    async def go() -> str:
-        store = await open_store(cfg)
-        try:
-            return await subscriptions.add(cfg, store, newsletter, email, name=name,
-                                           confirmed=confirmed)
-        finally:
-            await store.close()
-
-    out.print(run_async(go()), highlight=False)
-
-
-@subscribers_app.command("import")
-@fails_cleanly
-def subscribers_import(
-    file: Path, list_: ListOpt,
-    confirmed: Annotated[bool, typer.Option("--confirmed")] = False,
-) -> None:
-    """Import a CSV (email[,name]); any bad row stops the import and nothing is stored."""
-    cfg = state.config()
-    newsletter = cfg.newsletter(list_)
-    rows = subscriptions.read_csv(file)
-
-    async def go() -> int:
-        store = await open_store(cfg)
-        try:
-            return await store.import_subscribers(rows, newsletter=newsletter.id,
-                                                  confirmed=confirmed)
-        finally:
-            await store.close()
-
-    count = run_async(go())
-    state_word = "confirmed" if confirmed else "pending"
-    out.print(f"imported {count} subscribers into {newsletter.id} ({state_word})")
-
-
-def _status_option(status: str | None) -> SubscriptionStatus | None:
-    if status is None:
-        return None
-    try:
-        return SubscriptionStatus(status)
-    except ValueError:
-        known = ", ".join(s.value for s in SubscriptionStatus)
-        raise InputError(f"unknown status {status!r} (one of {known})", field="--status") from None
-
-
-@subscribers_app.command("export")
-@fails_cleanly
-def subscribers_export(
-    list_: ListOpt, status: Annotated[str | None, typer.Option(help="only this state")] = None,
-) -> None:
-    """Write the subscribers as CSV to stdout."""
-    cfg = state.config()
-    newsletter = cfg.newsletter(list_)
-    wanted = _status_option(status)
-
-    async def go() -> None:
-        store = await open_store(cfg)
-        try:
-            writer = csv.writer(sys.stdout, lineterminator="\n")
-            writer.writerow(["email", "name", "status", "created_at", "confirmed_at"])
-            async for row in store.subscribers(newsletter=newsletter.id, status=wanted):
-                writer.writerow([row.email, row.name, row.status.value,
-                                 row.created_at.isoformat(),
-                                 row.confirmed_at.isoformat() if row.confirmed_at else ""])
-        finally:
-            await store.close()
-
-    run_async(go())
-
-
-@subscribers_app.command("list")
-@fails_cleanly
-def subscribers_list(
-    list_: ListOpt, status: Annotated[str | None, typer.Option(help="only this state")] = None,
-) -> None:
-    """Show the subscribers of a newsletter."""
-    cfg = state.config()
-    newsletter = cfg.newsletter(list_)
-    wanted = _status_option(status)
-
-    async def go() -> Table:
-        store = await open_store(cfg)
-        table = Table("email", "name", "status", "since")
-        try:
-            async for row in store.subscribers(newsletter=newsletter.id, status=wanted):
-                table.add_row(row.email, row.name, row.status.value,
-                              f"{row.created_at:%Y-%m-%d}")
-        finally:
-            await store.close()
-        return table
-
-    out.print(run_async(go()))
-
-
-@subscribers_app.command("remove")
-@fails_cleanly
-def subscribers_remove(email: str, list_: ListOpt) -> None:
-    """Remove a subscriber from a newsletter (their address is deleted if on no other list)."""
-    cfg = state.config()
-    newsletter = cfg.newsletter(list_)
-
-    async def go() -> bool:
-        store = await open_store(cfg)
-        try:
-            return await store.remove_subscriber(email.strip(), newsletter=newsletter.id)
-        finally:
-            await store.close()
-
-    if not run_async(go()):
-        err.print(f"error: {email} is not on {newsletter.id}")
-        raise typer.Exit(1)
-    out.print(f"removed {email} from {newsletter.id}")
 
 
 # -- status and init -----------------------------------------------------------------------------

@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 from mailer.addresses import LINE_BREAKS
-from mailer.config import line_of, load_yaml
 from mailer.errors import ContentError
+from mailer.yamlfile import line_of, load_yaml
 
 KEYS = ("subject", "status", "send_after", "preheader")
 STATUSES = ("ready", "draft")

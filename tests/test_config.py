@@ -13,7 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from mailer import config
+from mailer import config, yamlfile
 from mailer.config import Settings
 from mailer.errors import ConfigError
 from mailer.schedule import ScheduleSpec
@@ -297,4 +297,4 @@ def test_an_empty_config_file_is_all_defaults(project: Path) -> None:
 @given(st.text(max_size=200))
 def test_load_yaml_raises_nothing_but_config_error(text: str) -> None:
     with contextlib.suppress(ConfigError):
-        config.load_yaml(text, file="x.yaml")
+        yamlfile.load_yaml(text, file="x.yaml")

@@ -1,0 +1,90 @@
+"""YAML documents read safely, with the line of every key, so errors can name the place."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import yaml
+
+from mailer.errors import ConfigError, MailerError
+
+Lines = dict[tuple[str, ...], int]
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that marks impossible dates (2026-02-30) instead of raising a bare ValueError."""
+
+    def construct_yaml_timestamp(self, node: Any) -> Any:
+        try:
+            return super().construct_yaml_timestamp(node)
+        except ValueError as exc:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"not a valid date: {node.value!r} ({exc})", node.start_mark
+            ) from None
+
+
+_Loader.add_constructor("tag:yaml.org,2002:timestamp", _Loader.construct_yaml_timestamp)
+
+
+def load_yaml(text: str, *, file: str, error: type[MailerError] = ConfigError,
+              first_line: int = 1) -> tuple[Any, Lines]:
+    """Parse one YAML document; return the data and the 1-based line of every key path.
+
+    Raises:
+        error: malformed YAML or a duplicate key, naming the line.
+    """
+    try:
+        loader = _Loader(text)  # the reader rejects non-printable characters right here
+        try:
+            node = loader.get_single_node()
+            data = loader.construct_document(node) if node is not None else None
+        finally:
+            loader.dispose()
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        if exc.context_mark and "<stream end>" in (exc.problem or ""):
+            mark = exc.context_mark  # an unclosed bracket: point at where it opened
+        what = "; ".join(filter(None, (exc.context, exc.problem)))
+        line = mark.line + first_line if mark else None
+        raise error(f"malformed YAML: {what}", file=file, line=line) from None
+    except yaml.reader.ReaderError as exc:
+        line = text.count("\n", 0, exc.position) + first_line
+        raise error(f"malformed YAML: unacceptable character #x{exc.character:04x}",
+                    file=file, line=line) from None
+    except (yaml.YAMLError, ValueError, TypeError, RecursionError) as exc:
+        raise error(f"malformed YAML: {' '.join(str(exc).split())}", file=file,
+                    line=first_line) from None
+    lines: Lines = {}
+    if node is not None:
+        _index_lines(node, (), lines, file=file, error=error, first_line=first_line)
+    return data, lines
+
+
+def _index_lines(node: yaml.Node, path: tuple[str, ...], lines: Lines, *, file: str,
+                 error: type[MailerError], first_line: int) -> None:
+    if isinstance(node, yaml.MappingNode):
+        seen: set[str] = set()
+        for key_node, value_node in node.value:
+            key = str(key_node.value)
+            line = key_node.start_mark.line + first_line
+            # PyYAML silently keeps the last of two equal keys; a user never means that.
+            if key in seen:
+                raise error("duplicate key", file=file, line=line, field=".".join((*path, key)))
+            seen.add(key)
+            lines[(*path, key)] = line
+            _index_lines(value_node, (*path, key), lines, file=file, error=error,
+                         first_line=first_line)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            lines[(*path, str(i))] = item.start_mark.line + first_line
+            _index_lines(item, (*path, str(i)), lines, file=file, error=error,
+                         first_line=first_line)
+
+
+def line_of(lines: Lines, path: tuple[str, ...]) -> int | None:
+    """The line of `path`, or of its nearest ancestor that has one (a missing key's parent)."""
+    while path:
+        if path in lines:
+            return lines[path]
+        path = path[:-1]
+    return None
