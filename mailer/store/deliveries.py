@@ -86,13 +86,6 @@ class DeliveryQueries(StoreBase):
             await s.execute(update(Worker).where(Worker.id == worker_id)
                             .values(heartbeat_at=utcnow()))
 
-    async def unregister_worker(self, worker_id: str) -> None:
-        async with self.session.begin() as s:
-            await s.execute(update(Delivery).where(
-                Delivery.claimed_by == worker_id, Delivery.status == DeliveryStatus.PENDING
-            ).values(claimed_by=None))
-            await s.execute(delete(Worker).where(Worker.id == worker_id))
-
     async def workers(self) -> Sequence[Worker]:
         async with self.session() as s:
             return (await s.execute(select(Worker))).scalars().all()
@@ -164,13 +157,6 @@ class DeliveryQueries(StoreBase):
             claimed = [Recipient(*row) for row in claimed_rows.all()]
         claimed.sort(key=lambda r: r.delivery_id)
         return claimed
-
-    async def next_retry_at(self, send_id: int) -> datetime | None:
-        """When the earliest waiting retry of a send falls due (None: nothing waits)."""
-        async with self.session() as s:
-            return (await s.execute(select(func.min(Delivery.next_attempt_at)).where(
-                Delivery.send_id == send_id, Delivery.status == DeliveryStatus.PENDING,
-            ))).scalar_one()
 
     async def open_deliveries(self, send_id: int) -> int:
         """Deliveries of a send not yet finished one way or the other (pending or sending)."""
