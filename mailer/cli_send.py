@@ -15,8 +15,8 @@ from rich.table import Table
 from mailer import browser, content, render, tokens
 from mailer.config import Config, Newsletter
 from mailer.errors import ContentError, InputError
-from mailer.keys import load_or_create_secret_key
-from mailer.message import Letter, build_message, list_id, message_id
+from mailer.keys import token_key
+from mailer.message import Letter, build_message, letter_of, message_id
 from mailer.models import DeliveryStatus, SendStatus, utcnow
 from mailer.sender import Sender, send_one
 from mailer.sends import start_or_resume_send
@@ -35,16 +35,13 @@ def _issue_for(cfg: Config, newsletter: Newsletter, path: Path | None, sent: set
 
 def _letter(cfg: Config, newsletter: Newsletter, issue: content.Issue) -> Letter:
     rendered = render.render_issue(issue, newsletter, cfg.settings, templates_dir=cfg.templates_dir)
-    return Letter(sender=newsletter.sender, reply_to=newsletter.reply_to,
-                  list_id=list_id(newsletter.id, cfg.settings.base_url), rendered=rendered)
+    return letter_of(newsletter, rendered, base_url=cfg.settings.base_url)
 
 
 def _sample_message(cfg: Config, newsletter: Newsletter, letter: Letter, to: str, name: str
                     ) -> bytes:
     # A token for subscription 0 matches nobody: the link in a test copy is harmless.
-    key = load_or_create_secret_key(
-        cfg.settings.secret_key.get_secret_value() if cfg.settings.secret_key else None,
-        cfg.settings.var_dir)
+    key = token_key(cfg.settings)
     url = f"{cfg.settings.base_url}/unsubscribe/{tokens.unsubscribe_token(key, 0)}"
     return build_message(letter, to_email=to, to_name=name, unsubscribe_url=url,
                          msg_id=message_id(letter.sender_domain), date=utcnow()).as_bytes()

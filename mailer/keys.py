@@ -8,8 +8,22 @@ import stat
 import sys
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from mailer.errors import ConfigError
+
+if TYPE_CHECKING:
+    from mailer.config import Settings
+
+
+def token_key(settings: Settings) -> str:
+    """The token-signing key of an installation: MAILER_SECRET_KEY, else var/secret.key.
+
+    Raises:
+        ConfigError: see load_or_create_secret_key.
+    """
+    configured = settings.secret_key.get_secret_value() if settings.secret_key else None
+    return load_or_create_secret_key(configured, settings.var_dir)
 
 
 def load_or_create_secret_key(configured: str | None, var_dir: Path) -> str:

@@ -13,11 +13,15 @@ from email.headerregistry import Address
 from email.message import EmailMessage
 from email.policy import SMTP
 from email.utils import format_datetime, make_msgid, parseaddr
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from mailer.addresses import LINE_BREAKS
 from mailer.errors import InputError
 from mailer.render import UNSUBSCRIBE_SLOT, RenderedIssue, personalize
+
+if TYPE_CHECKING:
+    from mailer.config import Newsletter
 
 
 @dataclass(frozen=True)
@@ -39,6 +43,12 @@ class Letter:
     @property
     def sender_domain(self) -> str:
         return self.sender_address.rpartition("@")[2] or "localhost"
+
+
+def letter_of(newsletter: Newsletter, rendered: RenderedIssue, /, *, base_url: str) -> Letter:
+    """The Letter of a newsletter's rendered issue (fresh, or read back from its send)."""
+    return Letter(sender=newsletter.sender, reply_to=newsletter.reply_to,
+                  list_id=list_id(newsletter.id, base_url), rendered=rendered)
 
 
 def list_id(newsletter_id: str, base_url: str) -> str:

@@ -14,7 +14,7 @@ from types import TracebackType
 from mailer.capture import CaptureServer
 from mailer.config import Config, Newsletter
 from mailer.dispatch import Dispatcher, DispatchSettings, Tally
-from mailer.keys import load_or_create_secret_key
+from mailer.keys import token_key
 from mailer.models import Send, SendStatus
 from mailer.sends import finish_if_done, letter_for, new_worker_id, recover_dead_workers
 from mailer.signing import signer_from_settings
@@ -51,10 +51,7 @@ class Sender:
         self.config = config
         self.store = store
         self.worker_id = new_worker_id()
-        self.secret_key = load_or_create_secret_key(
-            config.settings.secret_key.get_secret_value() if config.settings.secret_key else None,
-            config.settings.var_dir,
-        )
+        self.secret_key = token_key(config.settings)
         self.target: SmtpTarget | None = None
         self.capture: CaptureServer | None = None
         self._stack = contextlib.AsyncExitStack()

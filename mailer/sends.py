@@ -13,7 +13,7 @@ from pathlib import Path
 from mailer import content, render
 from mailer.config import Config, Newsletter
 from mailer.errors import InputError
-from mailer.message import Letter, list_id
+from mailer.message import Letter, letter_of
 from mailer.models import Send, SendStatus, utcnow
 from mailer.store import Store
 
@@ -57,13 +57,9 @@ async def recover_dead_workers(store: Store, *, now: datetime | None = None) -> 
 
 def letter_for(send: Send, newsletter: Newsletter, base_url: str) -> Letter:
     """The per-issue message parts, taken from the send row so a resume sends the same bytes."""
-    return Letter(
-        sender=newsletter.sender,
-        reply_to=newsletter.reply_to,
-        list_id=list_id(newsletter.id, base_url),
-        rendered=render.RenderedIssue(subject=send.subject, preheader=send.preheader,
-                                      html=send.html, text=send.text, web_url=send.web_url),
-    )
+    rendered = render.RenderedIssue(subject=send.subject, preheader=send.preheader,
+                                    html=send.html, text=send.text, web_url=send.web_url)
+    return letter_of(newsletter, rendered, base_url=base_url)
 
 
 async def start_or_resume_send(

@@ -16,7 +16,7 @@ from mailer import render, tokens
 from mailer.addresses import clean_name, normalize_email
 from mailer.config import Config, Newsletter
 from mailer.errors import MailerError, SubscriberError, TokenError
-from mailer.keys import load_or_create_secret_key
+from mailer.keys import token_key
 from mailer.message import message_id
 from mailer.models import Subscription, SubscriptionStatus, utcnow
 from mailer.sender import send_one
@@ -25,12 +25,6 @@ from mailer.store import Store
 log = logging.getLogger("mailer.subscriptions")
 
 MAX_IMPORT_ERRORS_SHOWN = 20
-
-
-def secret_key(config: Config) -> str:
-    configured = config.settings.secret_key
-    return load_or_create_secret_key(configured.get_secret_value() if configured else None,
-                                     config.settings.var_dir)
 
 
 def read_csv(path: Path) -> list[tuple[str, str]]:
@@ -82,7 +76,7 @@ def confirm_url(config: Config, key: str, subscription_id: int) -> str:
 async def send_confirmation(config: Config, newsletter: Newsletter, email: str,
                             subscription_id: int) -> None:
     """Email the double opt-in link to the address that asked to subscribe."""
-    url = confirm_url(config, secret_key(config), subscription_id)
+    url = confirm_url(config, token_key(config.settings), subscription_id)
     subject, html, text = render.render_confirm(newsletter, config.settings, confirm_url=url,
                                                 templates_dir=config.templates_dir)
     msg = EmailMessage()
@@ -216,7 +210,7 @@ async def confirm(config: Config, store: Store, token: str, *, now: datetime | N
         TokenError: the link is forged, expired or for something else, or its subscription
             is gone or ended after the link was sent; nothing was changed.
     """
-    subscription_id = tokens.read_confirm_token(secret_key(config), token,
+    subscription_id = tokens.read_confirm_token(token_key(config.settings), token,
                                                 max_age=confirm_max_age(config))
     sub = await store.confirm_subscription(subscription_id, now=now or utcnow())
     if sub is None:
@@ -234,7 +228,8 @@ async def find_by_unsubscribe_token(config: Config, store: Store, token: str
     Raises:
         TokenError: the link is forged or made for something else.
     """
-    return await store.subscription(tokens.read_unsubscribe_token(secret_key(config), token))
+    subscription_id = tokens.read_unsubscribe_token(token_key(config.settings), token)
+    return await store.subscription(subscription_id)
 
 
 async def unsubscribe(config: Config, store: Store, token: str, *, now: datetime | None = None
@@ -247,7 +242,7 @@ async def unsubscribe(config: Config, store: Store, token: str, *, now: datetime
     Raises:
         TokenError: the link is forged or made for something else; nothing was changed.
     """
-    subscription_id = tokens.read_unsubscribe_token(secret_key(config), token)
+    subscription_id = tokens.read_unsubscribe_token(token_key(config.settings), token)
     sub = await store.unsubscribe_subscription(subscription_id, now=now or utcnow())
     if sub is not None:
         log.info("subscription %d unsubscribed", subscription_id)
@@ -261,7 +256,7 @@ async def resubscribe(config: Config, store: Store, token: str, *, now: datetime
     Raises:
         TokenError: the link is forged or for something else, or the subscription is gone.
     """
-    subscription_id = tokens.read_unsubscribe_token(secret_key(config), token)
+    subscription_id = tokens.read_unsubscribe_token(token_key(config.settings), token)
     sub = await store.resubscribe_subscription(subscription_id, now=now or utcnow())
     if sub is None:
         raise TokenError("this subscription no longer exists; please subscribe again")

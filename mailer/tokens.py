@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 from datetime import timedelta
@@ -18,6 +19,17 @@ _UNSUBSCRIBE = "mailer.unsubscribe.v1"
 _SIGNER = {"digest_method": hashlib.sha256}
 # payload.signature or payload.timestamp.signature, in the URL-safe alphabet only.
 _SHAPE = re.compile(r"[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+){1,2}")
+
+
+@functools.lru_cache(maxsize=4)
+def _unsubscribe_serializer(secret_key: str) -> URLSafeSerializer:
+    # Built once per key, not once per recipient: a send signs a token for every message.
+    return URLSafeSerializer(secret_key, salt=_UNSUBSCRIBE, signer_kwargs=_SIGNER)
+
+
+@functools.lru_cache(maxsize=4)
+def _confirm_serializer(secret_key: str) -> URLSafeTimedSerializer:
+    return URLSafeTimedSerializer(secret_key, salt=_CONFIRM, signer_kwargs=_SIGNER)
 
 
 def _canonical(token: str, error: str) -> str:
@@ -37,7 +49,7 @@ def _canonical(token: str, error: str) -> str:
 
 def unsubscribe_token(secret_key: str, subscription_id: int) -> str:
     """The token in a subscriber's unsubscribe link; it never expires (old issues keep working)."""
-    return str(URLSafeSerializer(secret_key, salt=_UNSUBSCRIBE, signer_kwargs=_SIGNER)
+    return str(_unsubscribe_serializer(secret_key)
                .dumps(subscription_id))
 
 
@@ -49,7 +61,7 @@ def read_unsubscribe_token(secret_key: str, token: str) -> int:
     """
     token = _canonical(token, "this unsubscribe link is not valid")
     try:
-        value = URLSafeSerializer(secret_key, salt=_UNSUBSCRIBE, signer_kwargs=_SIGNER).loads(token)
+        value = _unsubscribe_serializer(secret_key).loads(token)
     except BadData:
         raise TokenError("this unsubscribe link is not valid") from None
     if not isinstance(value, int) or isinstance(value, bool):
@@ -59,7 +71,7 @@ def read_unsubscribe_token(secret_key: str, token: str) -> int:
 
 def confirm_token(secret_key: str, subscription_id: int) -> str:
     """The token in a double opt-in confirmation link; it carries its signing time."""
-    return str(URLSafeTimedSerializer(secret_key, salt=_CONFIRM, signer_kwargs=_SIGNER)
+    return str(_confirm_serializer(secret_key)
                .dumps(subscription_id))
 
 
@@ -70,7 +82,7 @@ def read_confirm_token(secret_key: str, token: str, *, max_age: timedelta) -> in
         TokenError: forged, made for another purpose, or expired.
     """
     token = _canonical(token, "this confirmation link is not valid")
-    serializer = URLSafeTimedSerializer(secret_key, salt=_CONFIRM, signer_kwargs=_SIGNER)
+    serializer = _confirm_serializer(secret_key)
     try:
         value = serializer.loads(token, max_age=int(max_age.total_seconds()))
     except SignatureExpired:
