@@ -184,12 +184,14 @@ class SlotRunner:
                                   "slot": slot.astimezone(newsletter.tz).isoformat()}
         if now - slot > timedelta(minutes=1):
             fields["late_by"] = str(now - slot).split(".")[0]
+        # Sent slugs first, the latest send second: a send another daemon starts between the
+        # two reads then shows as this slot's, not as "no due issue".
+        sent = await self.store.sent_slugs(newsletter_id)
         latest = await self.store.latest_send(newsletter_id)
         if latest is not None and latest.created_at >= self.clock.to_real(slot):
             log.info("slot already had its issue", extra={**fields, "slug": latest.slug})
             return
         issues = snap.issues.get(newsletter_id, ())
-        sent = await self.store.sent_slugs(newsletter_id)
         due = pick_due_issue(issues, sent, now)
         if due is None:
             log.info("slot skipped: no due issue", extra={**fields,
