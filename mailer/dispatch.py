@@ -13,16 +13,25 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from mailer import tokens
-from mailer.errors import DeliveryInDoubt, PermanentFailure, TemporaryFailure
+from mailer.errors import (
+    DeliveryInDoubt,
+    PermanentFailure,
+    TemporaryFailure,
+    TransactionWithdrawn,
+)
 from mailer.message import Letter, message_id, prepare_message
 from mailer.models import DeliveryStatus, SendStatus, utcnow
 from mailer.ratelimit import SlidingWindow, TokenBucket
 from mailer.sends import HEARTBEAT_TIMEOUT
 from mailer.signing import DkimSigner
 from mailer.store import Outcome, Recipient, Store
+from mailer.store.journal import JournalWriter
 from mailer.transport import SmtpTransport
 
 log = logging.getLogger("mailer.dispatch")
+# Outcomes of transactions refused before their body (RCPT 4xx/5xx) wait at most this
+# many for a SENDING mark to ride along with; the rows are still PENDING meanwhile.
+_MAX_UNWRITTEN = 16
 
 
 @dataclass(frozen=True)
@@ -88,31 +97,30 @@ def outcome_of(recipient: Recipient, exc: BaseException | None, reply: tuple[int
 
 @dataclass(frozen=True, slots=True)
 class _Entry:
-    start: int | None
-    data: int | None
-    outcome: Outcome | None
+    sending: int | None
+    outcomes: list[Outcome]
     future: asyncio.Future[bool]
 
 
 class Journal:
     """Group commit of delivery state changes for all workers of a process.
 
-    Each worker hands in the outcome of its last message and the id of its next one and
-    waits; whatever arrived while the previous commit ran is written in the next one.
-    So the database sees one commit per round of workers, not two per message, and yet
-    no message starts before its SENDING mark is durable.
+    Each worker hands in the outcomes of its last messages with the id of the one whose
+    body is about to leave, and waits; whatever arrived while the previous commit ran is
+    written in the next one. So the database sees one commit per round of workers, not
+    one per message, and yet no body leaves before its SENDING mark is durable.
     """
 
     def __init__(self, store: Store, *, worker_id: str, bounce_limit: int) -> None:
-        self._store = store
-        self._worker_id = worker_id
-        self._bounce_limit = bounce_limit
+        self._writer = store.journal_writer(worker_id=worker_id, bounce_limit=bounce_limit)
+        self._open = contextlib.AsyncExitStack()
         self._waiting: list[_Entry] = []
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> Journal:
-        self._task = asyncio.create_task(self._run(), name="mailer-journal")
+        writer = await self._open.enter_async_context(self._writer)
+        self._task = asyncio.create_task(self._run(writer), name="mailer-journal")
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -120,17 +128,17 @@ class Journal:
         self._task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._task
+        await self._open.aclose()
 
-    async def submit(self, *, start: int | None = None, outcome: Outcome | None = None,
-                     data: int | None = None) -> bool:
-        """Durably record `outcome`, mark `data` as handing its message over and `start`
-        SENDING; True if `start` may be sent."""
+    async def submit(self, *, sending: int | None = None,
+                     outcomes: list[Outcome] | None = None) -> bool:
+        """Durably record `outcomes` and mark `sending` SENDING; True if its body may leave."""
         future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        self._waiting.append(_Entry(start, data, outcome, future))
+        self._waiting.append(_Entry(sending, outcomes or [], future))
         self._wake.set()
         return await future
 
-    async def _run(self) -> None:
+    async def _run(self, writer: JournalWriter) -> None:
         while True:
             await self._wake.wait()
             self._wake.clear()
@@ -138,13 +146,9 @@ class Journal:
             if not batch:
                 continue
             try:
-                allowed = await self._store.journal(
-                    worker_id=self._worker_id,
-                    started=[e.start for e in batch if e.start is not None],
-                    outcomes=[e.outcome for e in batch if e.outcome is not None],
-                    data=[e.data for e in batch if e.data is not None],
-                    bounce_limit=self._bounce_limit,
-                )
+                allowed = await writer.write(
+                    sending=[e.sending for e in batch if e.sending is not None],
+                    outcomes=[o for e in batch for o in e.outcomes])
             except Exception as exc:  # the waiting workers decide what to do with it
                 for entry in batch:
                     if not entry.future.done():
@@ -152,7 +156,7 @@ class Journal:
                 continue
             for entry in batch:
                 if not entry.future.done():
-                    entry.future.set_result(entry.start is not None and entry.start in allowed)
+                    entry.future.set_result(entry.sending in allowed)
 
 
 class Dispatcher:
@@ -316,52 +320,60 @@ class Dispatcher:
                                    random.uniform(0, self.settings.poll_seconds))
         return batch[:-excess]
 
-    async def _wait_for_turn(self, journal: Journal, last: Outcome | None) -> Outcome | None:
-        # The per-second share. A worker about to wait writes its last outcome first: a
-        # crash during the wait must not turn a delivered message into an unknown one.
+    async def _wait_for_turn(self, journal: Journal, unwritten: list[Outcome]) -> None:
+        # The per-second share. A worker about to wait writes its outcomes first: a crash
+        # during the wait must not turn a delivered message into an unknown one.
         assert self._bucket is not None
         delay = self._bucket.reserve()
         if delay <= 0:
-            return last
+            return
         until = time.monotonic() + delay
-        if last is not None:
-            await journal.submit(outcome=last)
-            last = None
+        await self._write(journal, unwritten)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._stopping.wait(), max(0.0, until - time.monotonic()))
-        return last
+
+    @staticmethod
+    async def _write(journal: Journal, unwritten: list[Outcome],
+                     sending: int | None = None) -> bool:
+        outcomes = unwritten[:]
+        unwritten.clear()
+        if not outcomes and sending is None:
+            return False
+        return await journal.submit(sending=sending, outcomes=outcomes)
 
     async def _worker(self, journal: Journal) -> None:
         transport = self.transport_factory()
-        last: Outcome | None = None
+        # Outcomes not yet in the database. They ride along with this worker's next
+        # SENDING mark, so at most one message per worker that reached its body is
+        # unrecorded at any time: after a crash, at most `concurrency` rows are unknown.
+        unwritten: list[Outcome] = []
         try:
             while True:
                 recipient = await self._queue.get()
                 try:
                     if recipient is None:
                         break
-                    if self._bucket is not None:  # before the row becomes SENDING
-                        last = await self._wait_for_turn(journal, last)
+                    if self._bucket is not None:  # before the transaction starts
+                        await self._wait_for_turn(journal, unwritten)
                     if self.stopping:
                         continue  # stays claimed; released when this worker unregisters
-                    may_send = await journal.submit(start=recipient.delivery_id, outcome=last)
-                    last = None
-                    if may_send:
-                        last = await self._deliver(transport, recipient, journal)
-                    if last is not None and (self._queue.empty() or self.stopping):
-                        # Nothing follows at once to carry this outcome: write it now, so
-                        # the claim loop's queue.join() sees the send as it really is.
-                        await journal.submit(outcome=last)
-                        last = None
+                    outcome = await self._deliver(transport, recipient, journal, unwritten)
+                    if outcome is not None:
+                        unwritten.append(outcome)
+                    if unwritten and (self._queue.empty() or self.stopping
+                                      or len(unwritten) >= _MAX_UNWRITTEN):
+                        # Nothing follows at once to carry these outcomes: write them now,
+                        # so the claim loop's queue.join() sees the send as it really is.
+                        await self._write(journal, unwritten)
                 finally:
                     self._queue.task_done()
         finally:
-            if last is not None:
-                await journal.submit(outcome=last)
+            await self._write(journal, unwritten)
             await transport.aclose()
 
     async def _deliver(self, transport: SmtpTransport, recipient: Recipient,
-                       journal: Journal) -> Outcome:
+                       journal: Journal, unwritten: list[Outcome]) -> Outcome | None:
+        """One SMTP transaction; its outcome, or None when the row was no longer ours."""
         msg_id = message_id(self.sender_domain)
         token = tokens.unsubscribe_token(self.secret_key, recipient.subscription_id or 0)
         unsubscribe_url = f"{self.base_url}/unsubscribe/{token}"
@@ -373,11 +385,13 @@ class Dispatcher:
         error: BaseException | None = None
         reply: tuple[int, str] | None = None
         try:
-            # The data mark is durable before the body leaves: after a crash, a row
-            # without it is sent again, a row with it is unknown (sends.recover_dead_workers).
+            # The SENDING mark is durable before the body leaves: after a crash, a row
+            # without it is sent again, a row with it is unknown (Store.release_dead_workers).
             reply = await transport.send(
                 self.sender_address, recipient.email, data, wire_ready=self.signer is None,
-                before_body=lambda: journal.submit(data=recipient.delivery_id))
+                before_body=lambda: self._write(journal, unwritten, recipient.delivery_id))
+        except TransactionWithdrawn:
+            return None  # another worker holds the row now (this one was thought dead)
         except (TemporaryFailure, PermanentFailure, DeliveryInDoubt) as exc:
             error = exc
         outcome = outcome_of(recipient, error, reply, msg_id=msg_id, settings=self.settings,

@@ -79,3 +79,8 @@ class PermanentFailure(DeliveryError):
 class DeliveryInDoubt(DeliveryError):
     """The connection died after the message data was handed over, before the server's reply:
     the message may have been delivered, so it is recorded as unknown and not resent blindly."""
+
+
+class TransactionWithdrawn(MailerError):
+    """The sender hung up before the message body left, on purpose: its row was no longer
+    this worker's to send. Nothing was delivered and nothing is recorded."""

@@ -55,7 +55,7 @@ class SendStatus(enum.StrEnum):
 
 class DeliveryStatus(enum.StrEnum):
     PENDING = "pending"  # waiting, or claimed by a worker (claimed_by set) but not started
-    SENDING = "sending"  # in an SMTP transaction; ambiguous after a crash once data_started_at
+    SENDING = "sending"  # its body has started to leave: ambiguous if the sender dies now
     SENT = "sent"
     FAILED = "failed"
     UNKNOWN = "unknown"  # the sender died mid-transaction: maybe delivered, never resent blindly
@@ -182,8 +182,8 @@ class Delivery(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime | None]
     sent_at: Mapped[datetime | None]
-    # Set, durably, after the server's 354 and before the first byte of the message: a
-    # SENDING row without it never handed anything over, so a crash there is safe to retry.
+    # When the body started to leave (set with SENDING, after the server's 354). Cleared
+    # by the outcome: a retry is a new transaction.
     data_started_at: Mapped[datetime | None]
 
     def __repr__(self) -> str:

@@ -23,6 +23,7 @@ from mailer.errors import (
     DeliveryInDoubt,
     PermanentFailure,
     TemporaryFailure,
+    TransactionWithdrawn,
 )
 
 
@@ -166,18 +167,20 @@ class SmtpTransport:
 
     async def send(self, sender: str, recipient: str, data: bytes, *,
                    wire_ready: bool = False,
-                   before_body: Callable[[], Awaitable[object]] | None = None,
+                   before_body: Callable[[], Awaitable[bool]] | None = None,
                    ) -> tuple[int, str]:
         """Run one SMTP transaction; returns the server's final (code, reply).
 
         `wire_ready`: `data` is already CRLF and dot-stuffed (see _WireDataSMTP).
         `before_body` is awaited once the server said 354 and before any byte of the
-        message leaves: the sender records there that the outcome may become ambiguous.
+        message leaves: the sender records there that the outcome may become ambiguous,
+        and answers whether the body may go.
 
         Raises:
             TemporaryFailure: 4xx or a connection problem before the data was handed over.
             PermanentFailure: 5xx.
             DeliveryInDoubt: the connection died while the server held the whole message.
+            TransactionWithdrawn: `before_body` said no; the connection was dropped.
         """
         if not wire_ready:
             data = wire_form(data)
@@ -194,11 +197,14 @@ class SmtpTransport:
             raise TemporaryFailure(f"connection lost: {exc}", recipient=recipient) from exc
         if before_body is not None:
             try:
-                await before_body()
+                go_on = await before_body()
             except BaseException:
                 # Mid-DATA there is no RSET: hanging up makes the server drop the message.
                 self._drop()
                 raise
+            if not go_on:
+                self._drop()
+                raise TransactionWithdrawn(f"withdrawn before the body left: {recipient}")
         try:
             response = await client.finish_data(data, timeout=self.target.timeout)
         except aiosmtplib.SMTPResponseException as exc:

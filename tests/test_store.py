@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy.engine import Connection
 
-from mailer.models import Base, DeliveryStatus, SubscriptionStatus
-from mailer.store import Store
+from mailer.models import Base, DeliveryStatus, SubscriptionStatus, utcnow
+from mailer.store import Outcome, Store
 from tests.conftest import Project
 
 
@@ -121,3 +122,43 @@ async def test_a_removed_subscriptions_id_is_never_given_to_the_next_subscriber(
     assert newcomer.id > last.id
     assert newcomer.subscriber_id > last.subscriber_id
     assert await store.subscription(last.id) is None
+
+
+async def test_the_journal_writes_what_the_store_reads_back(store: Store) -> None:
+    # The journal talks to the driver directly; its rows must read back through the models
+    # exactly as the rest of mailer wrote them (times in UTC, states by name).
+    for name in ("sent", "retry", "refused", "other"):
+        await store.add_subscriber(f"{name}@example.com", newsletter="ml-issues",
+                                   confirmed=True)
+    send, _ = await store.open_send(newsletter="ml-issues", slug="one", subject="s",
+                                    preheader="", html="<p/>", text="t", web_url="http://x")
+    before = utcnow()
+    mine = await store.claim_deliveries(send.id, worker_id="w1", limit=3, now=before)
+    [theirs] = await store.claim_deliveries(send.id, worker_id="w2", limit=3, now=before)
+    ids = {r.email: r.delivery_id for r in [*mine, theirs]}
+    retry_at = datetime(2030, 1, 2, 3, 4, 5, 678901, tzinfo=UTC)
+    async with store.journal_writer(worker_id="w1", bounce_limit=1) as journal:
+        # A row another worker holds is not this one's to send.
+        marked = await journal.write(sending=list(ids.values()), outcomes=[])
+        assert marked == {ids["sent@example.com"], ids["retry@example.com"],
+                          ids["refused@example.com"]}
+        assert await journal.write(sending=[], outcomes=[
+            Outcome(ids["sent@example.com"], DeliveryStatus.SENT, 250, "2.0.0 Ok",
+                    message_id="<m1@example.com>"),
+            Outcome(ids["retry@example.com"], DeliveryStatus.PENDING, 451, "4.3.0 later",
+                    retry_at=retry_at),
+            Outcome(ids["refused@example.com"], DeliveryStatus.FAILED, 550, "5.1.1 no such user",
+                    bounce=True),
+        ]) == set()
+    rows = {d.email: d for d in await store.deliveries(send.id)}
+    sent, retry, refused = (rows[f"{n}@example.com"] for n in ("sent", "retry", "refused"))
+    assert sent.status == DeliveryStatus.SENT and sent.message_id == "<m1@example.com>"
+    assert sent.sent_at is not None and before <= sent.sent_at <= utcnow()
+    assert sent.smtp_reply == "2.0.0 Ok" and sent.attempts == 1 and sent.claimed_by is None
+    assert retry.status == DeliveryStatus.PENDING and retry.next_attempt_at == retry_at
+    assert retry.sent_at is None and retry.message_id is None and retry.smtp_code == 451
+    assert refused.status == DeliveryStatus.FAILED and refused.smtp_reply == "5.1.1 no such user"
+    assert rows["other@example.com"].status == DeliveryStatus.PENDING
+    assert rows["other@example.com"].claimed_by == "w2"
+    bounced = await store.subscription(refused.subscription_id or 0)
+    assert bounced is not None and bounced.status == SubscriptionStatus.BOUNCED

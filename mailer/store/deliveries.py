@@ -2,23 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import AsyncIterator, Sequence
 from datetime import datetime
-from typing import cast
 
-from sqlalchemy import (
-    String,
-    Table,
-    and_,
-    bindparam,
-    case,
-    delete,
-    func,
-    or_,
-    select,
-    update,
-)
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy import and_, case, delete, func, or_, select, update
 
 from mailer import db
 from mailer.models import (
@@ -28,47 +16,12 @@ from mailer.models import (
     SendStatus,
     Subscription,
     SubscriptionStatus,
-    UTCDateTime,
     Worker,
     utcnow,
 )
 from mailer.store._base import StoreBase
-from mailer.store.rows import Outcome, QuotaUse, Recipient
-
-_deliveries = cast(Table, Delivery.__table__)
-# coalesce: a NULL parameter keeps what the row has (a retry keeps no Message-ID, a
-# success keeps its last retry time).
-_RECORD_OUTCOME = update(_deliveries).where(_deliveries.c.id == bindparam("o_id")).values(
-    status=bindparam("o_status", type_=_deliveries.c.status.type),
-    smtp_code=bindparam("o_code"),
-    smtp_reply=bindparam("o_reply"),
-    message_id=func.coalesce(bindparam("o_mid", type_=String()), _deliveries.c.message_id),
-    sent_at=func.coalesce(bindparam("o_sent", type_=UTCDateTime()), _deliveries.c.sent_at),
-    next_attempt_at=func.coalesce(bindparam("o_retry", type_=UTCDateTime()),
-                                  _deliveries.c.next_attempt_at),
-    attempts=_deliveries.c.attempts + 1,
-    claimed_by=None,
-    data_started_at=None,  # the transaction is over; a retry starts a new one
-    updated_at=bindparam("o_now", type_=UTCDateTime()),
-)
-
-
-_MARK_SENDING = (
-    update(_deliveries)
-    .where(_deliveries.c.id.in_(bindparam("ids", expanding=True)),
-           _deliveries.c.claimed_by == bindparam("worker"),
-           _deliveries.c.status == DeliveryStatus.PENDING)
-    .values(status=DeliveryStatus.SENDING, updated_at=bindparam("now", type_=UTCDateTime()))
-    .returning(_deliveries.c.id)
-)
-
-_MARK_DATA = (
-    update(_deliveries)
-    .where(_deliveries.c.id.in_(bindparam("ids", expanding=True)),
-           _deliveries.c.claimed_by == bindparam("worker"),
-           _deliveries.c.status == DeliveryStatus.SENDING)
-    .values(data_started_at=bindparam("now", type_=UTCDateTime()))
-)
+from mailer.store.journal import JournalWriter, PostgresJournal, SqliteJournal
+from mailer.store.rows import QuotaUse, Recipient
 
 
 class DeliveryQueries(StoreBase):
@@ -91,9 +44,9 @@ class DeliveryQueries(StoreBase):
             return (await s.execute(select(Worker))).scalars().all()
 
     async def release_dead_workers(self, dead: Sequence[str]) -> int:
-        """Free what dead workers held: claimed rows, and rows whose SMTP transaction had not
-        yet handed over any of the message, go back to the queue; rows whose message had
-        started to leave become UNKNOWN (maybe delivered: never resent blindly).
+        """Free what dead workers held: claimed rows (PENDING: no byte of their message had
+        left) go back to the queue; SENDING rows, whose message had started to leave,
+        become UNKNOWN (maybe delivered: never resent blindly).
 
         Returns how many rows became UNKNOWN.
         """
@@ -103,11 +56,6 @@ class DeliveryQueries(StoreBase):
             await s.execute(update(Delivery).where(
                 Delivery.claimed_by.in_(dead), Delivery.status == DeliveryStatus.PENDING
             ).values(claimed_by=None))
-            # Before the body nothing can have been delivered: safe to send again.
-            await s.execute(update(Delivery).where(
-                Delivery.claimed_by.in_(dead), Delivery.status == DeliveryStatus.SENDING,
-                Delivery.data_started_at.is_(None),
-            ).values(status=DeliveryStatus.PENDING, claimed_by=None, updated_at=utcnow()))
             unknown = await s.execute(update(Delivery).where(
                 Delivery.claimed_by.in_(dead), Delivery.status == DeliveryStatus.SENDING
             ).values(status=DeliveryStatus.UNKNOWN, claimed_by=None, updated_at=utcnow(),
@@ -121,10 +69,10 @@ class DeliveryQueries(StoreBase):
         """Take up to `limit` due, unclaimed deliveries of a send for this worker.
 
         The claim only marks ownership (claimed_by); the row stays PENDING until its SMTP
-        transaction starts (mark_sending). So a crash of the claimer leaves nothing
-        ambiguous: the whole claimed batch simply goes back to the queue. On PostgreSQL,
-        FOR UPDATE SKIP LOCKED lets any number of workers claim at once without waiting on
-        each other; SQLite has one writer at a time anyway.
+        transaction is about to hand over the body (journal). So a crash of the claimer
+        leaves nothing ambiguous: the whole claimed batch simply goes back to the queue.
+        On PostgreSQL, FOR UPDATE SKIP LOCKED lets any number of workers claim at once
+        without waiting on each other; SQLite has one writer at a time anyway.
         """
         due = (
             select(Delivery.id, Subscription.status)
@@ -213,55 +161,23 @@ class DeliveryQueries(StoreBase):
             return int((await s.execute(select(func.count()).select_from(Worker).where(
                 Worker.heartbeat_at >= since))).scalar_one())
 
-    async def journal(
-        self, *, worker_id: str, started: Sequence[int], outcomes: Sequence[Outcome],
-        bounce_limit: int, data: Sequence[int] = (),
-    ) -> set[int]:
-        """Write a group of outcomes and mark a group of deliveries SENDING, in one commit.
-
-        This is the durable step around every SMTP transaction: a delivery is SENDING in
-        the database before its first SMTP command, its `data` mark is stored before the
-        first byte of the message leaves, and its outcome is stored before the same worker
-        starts another one. Returns the ids this worker may now send (a row whose claim
-        was lost to another worker is left out).
-        """
-        now = utcnow()
-        allowed: set[int] = set()
-        # A Core connection, not an ORM session: this runs once per round of messages and
-        # the session's bookkeeping cost more than the statements.
-        async with self.engine.begin() as conn:
-            if outcomes:
-                # One prepared statement, executed for many rows: building an UPDATE per
-                # message cost more CPU than the SMTP transaction itself.
-                await conn.execute(_RECORD_OUTCOME, [{
-                    "o_id": o.delivery_id, "o_status": o.status, "o_code": o.smtp_code,
-                    "o_reply": o.smtp_reply, "o_now": now,
-                    "o_mid": o.message_id if o.status == DeliveryStatus.SENT else None,
-                    "o_sent": now if o.status == DeliveryStatus.SENT else None,
-                    "o_retry": o.retry_at,
-                } for o in outcomes])
-            bounced = [o.delivery_id for o in outcomes if o.bounce]
-            if bounced:
-                await self._count_bounces(conn, bounced, bounce_limit, now)
-            if data:
-                await conn.execute(_MARK_DATA, {"ids": list(data), "worker": worker_id,
-                                                "now": now})
-            if started:
-                rows = await conn.execute(_MARK_SENDING, {
-                    "ids": list(started), "worker": worker_id, "now": now})
-                allowed = set(rows.scalars())
-        return allowed
-
-    async def _count_bounces(self, conn: AsyncConnection, delivery_ids: list[int], limit: int,
-                             now: datetime) -> None:
-        subs = cast(Table, Subscription.__table__)
-        sub_ids = select(_deliveries.c.subscription_id).where(_deliveries.c.id.in_(delivery_ids))
-        await conn.execute(update(subs).where(subs.c.id.in_(sub_ids))
-                           .values(hard_bounces=subs.c.hard_bounces + 1))
-        await conn.execute(update(subs).where(
-            subs.c.id.in_(sub_ids), subs.c.hard_bounces >= limit,
-            subs.c.status == SubscriptionStatus.CONFIRMED,
-        ).values(status=SubscriptionStatus.BOUNCED, bounced_at=now))
+    @contextlib.asynccontextmanager
+    async def journal_writer(self, *, worker_id: str,
+                             bounce_limit: int) -> AsyncIterator[JournalWriter]:
+        """The writer of `worker_id`'s journal (see mailer.store.journal), open while used."""
+        if db.is_sqlite(self.engine):
+            assert self.engine.url.database is not None
+            writer = SqliteJournal(self.engine.url.database, worker_id=worker_id,
+                                   bounce_limit=bounce_limit)
+            try:
+                yield writer
+            finally:
+                await writer.aclose()
+            return
+        async with self.engine.connect() as conn:
+            raw = await conn.get_raw_connection()
+            yield PostgresJournal(raw.driver_connection, worker_id=worker_id,
+                                  bounce_limit=bounce_limit)
 
     async def requeue_unknown(self, send_id: int) -> int:
         """Put a send's UNKNOWN deliveries back in the queue (the author chose to risk a
