@@ -10,8 +10,8 @@ import socket
 import weakref
 from collections.abc import Callable
 from types import TracebackType
+from typing import TYPE_CHECKING
 
-from mailer.capture import CaptureServer
 from mailer.config import Config, Newsletter
 from mailer.dispatch import Dispatcher, DispatchSettings, Tally
 from mailer.keys import token_key
@@ -20,6 +20,9 @@ from mailer.sends import finish_if_done, letter_for, new_worker_id, recover_dead
 from mailer.signing import signer_from_settings
 from mailer.store import Outcome, Store
 from mailer.transport import SmtpTarget, SmtpTransport, parse_smtp_url
+
+if TYPE_CHECKING:
+    from mailer.capture import CaptureServer
 
 log = logging.getLogger("mailer.sender")
 
@@ -53,7 +56,7 @@ class Sender:
         self.worker_id = new_worker_id()
         self.secret_key = token_key(config.settings)
         self.target: SmtpTarget | None = None
-        self.capture: CaptureServer | None = None
+        self.capture: CaptureServer | None = None  # smtp_url: capture
         self._stack = contextlib.AsyncExitStack()
         self._heartbeat: asyncio.Task[None] | None = None
         self._current: Dispatcher | None = None
@@ -64,6 +67,8 @@ class Sender:
     async def __aenter__(self) -> Sender:
         s = self.config.settings
         if s.smtp_url == "capture":
+            from mailer.capture import CaptureServer  # aiosmtpd: only for capture
+
             self.capture = await self._stack.enter_async_context(
                 CaptureServer(s.var_dir / "outbox"))
             self.target = SmtpTarget(host=self.capture.host, port=self.capture.port,
@@ -159,6 +164,8 @@ async def send_one(config: Config, sender: str, recipient: str, data: bytes) -> 
     s = config.settings
     async with contextlib.AsyncExitStack() as stack:
         if s.smtp_url == "capture":
+            from mailer.capture import CaptureServer  # aiosmtpd: only for capture
+
             capture = await stack.enter_async_context(CaptureServer(s.var_dir / "outbox"))
             target = SmtpTarget(host=capture.host, port=capture.port, start_tls=False)
         else:

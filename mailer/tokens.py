@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import hmac
 import re
 from datetime import timedelta
 
@@ -47,10 +48,28 @@ def _canonical(token: str, error: str) -> str:
     return token
 
 
+@functools.lru_cache(maxsize=4)
+def _unsubscribe_mac(secret_key: str) -> hmac.HMAC:
+    return hmac.new(_unsubscribe_serializer(secret_key).make_signer().derive_key(),
+                    digestmod=hashlib.sha256)
+
+
 def unsubscribe_token(secret_key: str, subscription_id: int) -> str:
-    """The token in a subscriber's unsubscribe link; it never expires (old issues keep working)."""
-    return str(_unsubscribe_serializer(secret_key)
-               .dumps(subscription_id))
+    """The token in a subscriber's unsubscribe link; it never expires (old issues keep working).
+
+    Exactly what `URLSafeSerializer.dumps(subscription_id)` makes (a test compares them),
+    with itsdangerous's per-call work (key derivation, JSON, the zlib trial) done once per
+    key: a send signs one token per message, and dumps() cost 8% of the sender's CPU.
+    """
+    digits = str(int(subscription_id)).encode("ascii")  # the JSON of an int
+    if len(digits) > 9:
+        # dumps() zlib-compresses a payload when that saves two bytes or more; zlib's own
+        # header and checksum (6 bytes) plus a block make that impossible up to 9 bytes.
+        return str(_unsubscribe_serializer(secret_key).dumps(subscription_id))
+    payload = base64_encode(digits)
+    mac = _unsubscribe_mac(secret_key).copy()
+    mac.update(payload)
+    return (payload + b"." + base64_encode(mac.digest())).decode("ascii")
 
 
 def read_unsubscribe_token(secret_key: str, token: str) -> int:

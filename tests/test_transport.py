@@ -138,3 +138,20 @@ async def test_a_message_with_bare_newlines_and_leading_dots_arrives_intact() ->
             await transport.aclose()
     assert server.messages[0].data == raw.replace(b"\n", b"\r\n") + b"\r\n"
     assert wire_form(raw).count(b"\r\n..") == 3  # stuffed on the wire, un-stuffed on arrival
+
+
+@pytest.mark.parametrize("sender, recipient", [
+    ("news@example.com", "o'brien+list@xn--bcher-kva.example"),  # sent as it is
+    ("news@example.com", '"john doe"@example.com'),  # needs quoting: aiosmtplib's rcpt()
+    ("news@[127.0.0.1]", "b@example.com"),  # an address literal: aiosmtplib's mail()
+])
+async def test_envelope_addresses_arrive_as_the_server_must_see_them(
+        sender: str, recipient: str) -> None:
+    async with RecordingServer() as server:
+        transport = SmtpTransport(parse_smtp_url(f"smtp://127.0.0.1:{server.port}"))
+        try:
+            await transport.send(sender, recipient, b"Subject: x\r\n\r\nbody\r\n")
+        finally:
+            await transport.aclose()
+    [message] = server.messages
+    assert (message.mail_from, message.rcpt_tos) == (sender, [recipient])
