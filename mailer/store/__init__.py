@@ -6,8 +6,6 @@ table they are about (subscribers, sends, deliveries), one module each.
 
 from __future__ import annotations
 
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from mailer import db
@@ -25,7 +23,13 @@ class Store(SubscriberQueries, SendQueries, DeliveryQueries):
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
         self.session = db.sessionmaker(engine)
-        self._insert = sqlite_insert if db.is_sqlite(engine) else pg_insert
+        # Imported for the database in use only: each dialect costs megabytes of memory.
+        if db.is_sqlite(engine):
+            from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+            self._insert = sqlite_insert
+        else:
+            from sqlalchemy.dialects.postgresql import insert as pg_insert
+            self._insert = pg_insert
 
     @classmethod
     async def open(cls, database_url: str) -> Store:

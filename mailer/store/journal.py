@@ -77,6 +77,8 @@ class SqliteJournal:
         db.execute("PRAGMA busy_timeout=30000")
         db.execute("PRAGMA synchronous=NORMAL")
         db.execute("PRAGMA foreign_keys=ON")
+        # It only updates rows by primary key: a small page cache does (default: 2 MB).
+        db.execute("PRAGMA cache_size=-256")
         return db
 
     def _write(self, sending: list[int], outcomes: list[Outcome]) -> set[int]:
