@@ -265,6 +265,8 @@ class Dispatcher:
                 await self._queue.put(recipient)
             if batch:
                 continue
+            if limit and await self.store.queue_more(self.send_id):
+                continue  # the next chunk of the list is queued: claim from it
             # Nothing to claim: wait for our own in-flight messages, retries coming due or
             # other workers' claims, and stop once the send has nothing open anywhere.
             await self._queue.join()

@@ -149,6 +149,10 @@ class Send(Base):
     pause_reason: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     finished_at: Mapped[datetime | None]
+    # Recipients are queued in chunks by subscription id, as the sending reaches them
+    # (Store.queue_more): the highest id queued so far, and when the last chunk was.
+    queued_through: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    queued_at: Mapped[datetime | None]
 
     def __repr__(self) -> str:
         return f"Send(id={self.id!r}, newsletter={self.newsletter!r}, slug={self.slug!r})"

@@ -123,7 +123,8 @@ class _WireDataSMTP(aiosmtplib.SMTP):
             SMTPSenderRefused, SMTPRecipientRefused: the server refused either.
             SMTPServerDisconnected, SMTPTimeoutError: the connection is gone.
         """
-        if not _PLAIN_ADDRESS.fullmatch(sender):
+        if self.is_ehlo_or_helo_needed or not _PLAIN_ADDRESS.fullmatch(sender):
+            # mail() greets the server first where connect() did not (no TLS, no auth).
             await self.mail(sender, timeout=timeout)
         else:
             reply = await self.execute_command(b"MAIL", b"FROM:<%s>" % sender.encode(),

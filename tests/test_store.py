@@ -5,12 +5,17 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
+import pytest
 from alembic.autogenerate import compare_metadata
+from alembic.config import Config as AlembicConfig
 from alembic.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy.engine import Connection
 
+from mailer import db
 from mailer.models import Base, DeliveryStatus, SubscriptionStatus, utcnow
 from mailer.store import Outcome, Store
+from mailer.store import sends as store_sends
 from tests.conftest import Project
 
 
@@ -162,3 +167,36 @@ async def test_the_journal_writes_what_the_store_reads_back(store: Store) -> Non
     assert rows["other@example.com"].claimed_by == "w2"
     bounced = await store.subscription(refused.subscription_id or 0)
     assert bounced is not None and bounced.status == SubscriptionStatus.BOUNCED
+
+
+async def test_a_long_list_is_queued_chunk_by_chunk_and_counted_whole_from_the_start(
+    store: Store, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(store_sends, "QUEUE_CHUNK", 3)
+    await store.import_subscribers([(f"r{i}@example.com", "") for i in range(7)],
+                                   newsletter="ml-issues", confirmed=True)
+    send, _ = await store.open_send(newsletter="ml-issues", slug="one", subject="s",
+                                    preheader="", html="<p/>", text="t", web_url="http://x")
+    assert len(await store.deliveries(send.id)) == 3  # the first chunk only
+    # Progress and "is it finished?" count the whole list from the start.
+    assert (await store.delivery_counts(send.id))[DeliveryStatus.PENDING] == 7
+    assert await store.open_deliveries(send.id) == 7
+    # Someone confirmed while the send runs is queued when the sending reaches them.
+    await store.add_subscriber("late@example.com", newsletter="ml-issues", confirmed=True)
+    assert [await store.queue_more(send.id) for _ in range(4)] == [3, 2, 0, 0]
+    emails = [d.email for d in await store.deliveries(send.id)]
+    assert emails == [f"r{i}@example.com" for i in range(7)] + ["late@example.com"]
+    assert (await store.get_send(send.id)).queued_at is not None
+    assert await store.open_deliveries(send.id) == 8
+
+
+def test_the_head_revision_read_off_the_file_names_is_alembics_head() -> None:
+    # db.migrate skips alembic when the database is at head_revision(): the two must agree.
+    script = ScriptDirectory.from_config(_alembic_config())
+    assert db.head_revision() == script.get_current_head()
+
+
+def _alembic_config() -> AlembicConfig:
+    cfg = AlembicConfig()
+    cfg.set_main_option("script_location", str(db.MIGRATIONS))
+    return cfg

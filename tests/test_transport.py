@@ -145,13 +145,14 @@ async def test_a_message_with_bare_newlines_and_leading_dots_arrives_intact() ->
     ("news@example.com", '"john doe"@example.com'),  # needs quoting: aiosmtplib's rcpt()
     ("news@[127.0.0.1]", "b@example.com"),  # an address literal: aiosmtplib's mail()
 ])
+@pytest.mark.parametrize("starttls", ["", "?starttls=false"])  # EHLO at connect, or not
 async def test_envelope_addresses_arrive_as_the_server_must_see_them(
-        sender: str, recipient: str) -> None:
+        sender: str, recipient: str, starttls: str) -> None:
     async with RecordingServer() as server:
-        transport = SmtpTransport(parse_smtp_url(f"smtp://127.0.0.1:{server.port}"))
+        transport = SmtpTransport(parse_smtp_url(f"smtp://127.0.0.1:{server.port}{starttls}"))
         try:
-            await transport.send(sender, recipient, b"Subject: x\r\n\r\nbody\r\n")
+            for _ in range(2):  # the second transaction on the same connection
+                await transport.send(sender, recipient, b"Subject: x\r\n\r\nbody\r\n")
         finally:
             await transport.aclose()
-    [message] = server.messages
-    assert (message.mail_from, message.rcpt_tos) == (sender, [recipient])
+    assert [(m.mail_from, m.rcpt_tos) for m in server.messages] == [(sender, [recipient])] * 2

@@ -106,14 +106,6 @@ class DeliveryQueries(StoreBase):
         claimed.sort(key=lambda r: r.delivery_id)
         return claimed
 
-    async def open_deliveries(self, send_id: int) -> int:
-        """Deliveries of a send not yet finished one way or the other (pending or sending)."""
-        async with self.session() as s:
-            return int((await s.execute(select(func.count()).select_from(Delivery).where(
-                Delivery.send_id == send_id,
-                Delivery.status.in_([DeliveryStatus.PENDING, DeliveryStatus.SENDING]),
-            ))).scalar_one())
-
     async def quota_use(self, *, since: datetime) -> QuotaUse:
         """Messages that count against a per-hour quota: sent since `since`, or held now.
 

@@ -30,6 +30,10 @@ from mailer.models import (
 from mailer.store._base import StoreBase
 from mailer.store.rows import ArchivedIssue
 
+# Recipients queued per transaction: a few milliseconds of the database's write lock, so
+# the journal's commits never wait long, and a fraction of a second of sending.
+QUEUE_CHUNK = 2000
+
 
 class SendQueries(StoreBase):
     """Sends: one per issue and newsletter, with the counts and history around them."""
@@ -59,12 +63,12 @@ class SendQueries(StoreBase):
         self, *, newsletter: str, slug: str, subject: str, preheader: str, html: str, text: str,
         web_url: str,
     ) -> tuple[Send, bool]:
-        """Create the send of an issue and queue one delivery per confirmed subscriber.
+        """Create the send of an issue and queue its first chunk of recipients.
 
-        Returns the send and whether this call created it. The send row and all its
-        deliveries are written in one transaction, and the recipients are copied by one
-        INSERT … SELECT inside the database, so memory does not grow with the list and a
-        crash leaves either no send or a complete queue. The unique key on
+        Returns the send and whether this call created it. The rest of the list is queued
+        chunk by chunk as the sending reaches it (queue_more), so the first message leaves
+        at once whatever the size of the list, and memory never grows with it: recipients
+        are copied by INSERT … SELECT inside the database. The unique key on
         (newsletter, slug) makes a second call a no-op that returns the existing send.
         """
         async with self.session.begin() as s:
@@ -75,10 +79,9 @@ class SendQueries(StoreBase):
     async def _insert_and_queue(self, s: AsyncSession, *, newsletter: str, slug: str,
                                 **content: str) -> tuple[Send, bool]:
         # ON CONFLICT: whoever inserted the issue first owns it; the others share that send.
-        now = utcnow()
         new_id = (await s.execute(
             self._insert(Send).values(newsletter=newsletter, slug=slug,
-                                      status=SendStatus.SENDING, created_at=now, **content)
+                                      status=SendStatus.SENDING, created_at=utcnow(), **content)
             .on_conflict_do_nothing(index_elements=["newsletter", "slug"])
             .returning(Send.id)
         )).scalar_one_or_none()
@@ -86,19 +89,64 @@ class SendQueries(StoreBase):
             Send.newsletter == newsletter, Send.slug == slug))).scalar_one()
         if new_id is None:
             return send, False
+        await self._queue_chunk(s, send)
+        return send, True
+
+    async def queue_more(self, send_id: int) -> int:
+        """Queue the send's next chunk of recipients; how many (0: everyone is queued).
+
+        Any sending process may call it when its claims run short: the send row is locked
+        while a chunk is queued (FOR UPDATE on PostgreSQL; SQLite has one writer anyway),
+        so two never queue the same chunk, and a process that dies in between leaves the
+        position where the last committed chunk put it.
+        """
+        async with self.session.begin() as s:
+            send = (await s.execute(
+                select(Send).where(Send.id == send_id).with_for_update())).scalar_one()
+            if send.queued_at is not None:
+                return 0
+            return await self._queue_chunk(s, send)
+
+    async def _queue_chunk(self, s: AsyncSession, send: Send) -> int:
+        # In subscription id order: whoever confirms during the send is queued if the
+        # sending has not passed their id yet (listmonk streams its lists the same way).
+        after = send.queued_through
+        chunk = (select(Subscription.id)
+                 .where(Subscription.newsletter == send.newsletter,
+                        Subscription.status == SubscriptionStatus.CONFIRMED,
+                        Subscription.id > after)
+                 .order_by(Subscription.id).limit(QUEUE_CHUNK).subquery())
+        through, count = (await s.execute(
+            select(func.max(chunk.c.id), func.count()).select_from(chunk))).one()
+        now = utcnow()
+        if not count:
+            await s.execute(update(Send).where(Send.id == send.id).values(queued_at=now))
+            return 0
         recipients = (
             select(literal(send.id), Subscription.id, Subscriber.email, Subscriber.name,
                    literal(DeliveryStatus.PENDING.value), literal(0), literal(now))
             .join(Subscriber, Subscriber.id == Subscription.subscriber_id)
-            .where(Subscription.newsletter == newsletter,
-                   Subscription.status == SubscriptionStatus.CONFIRMED)
-            .order_by(Subscription.id)
+            .where(Subscription.newsletter == send.newsletter,
+                   Subscription.status == SubscriptionStatus.CONFIRMED,
+                   Subscription.id > after, Subscription.id <= through)
         )
         await s.execute(insert(Delivery).from_select(
             ["send_id", "subscription_id", "email", "name", "status", "attempts", "created_at"],
             recipients,
         ))
-        return send, True
+        await s.execute(update(Send).where(Send.id == send.id).values(queued_through=through))
+        return int(count)
+
+    async def _not_yet_queued(self, s: AsyncSession, send_id: int) -> int:
+        """Confirmed subscribers the send will still queue (counted as pending)."""
+        send = (await s.execute(select(Send.newsletter, Send.queued_through, Send.queued_at)
+                                .where(Send.id == send_id))).one()
+        if send.queued_at is not None:
+            return 0
+        return int((await s.execute(select(func.count()).select_from(Subscription).where(
+            Subscription.newsletter == send.newsletter,
+            Subscription.status == SubscriptionStatus.CONFIRMED,
+            Subscription.id > send.queued_through))).scalar_one())
 
     async def set_send_status(self, send_id: int, status: SendStatus, reason: str | None = None
                               ) -> None:
@@ -109,7 +157,8 @@ class SendQueries(StoreBase):
             await s.execute(update(Send).where(Send.id == send_id).values(**values))
 
     async def delivery_counts(self, send_id: int) -> dict[DeliveryStatus, int]:
-        """Deliveries of a send by state (the numbers `status` and progress bars show)."""
+        """Deliveries of a send by state (the numbers `status` and progress bars show);
+        recipients not yet queued count as pending."""
         async with self.session() as s:
             rows = await s.execute(
                 select(Delivery.status, func.count()).where(Delivery.send_id == send_id)
@@ -117,7 +166,17 @@ class SendQueries(StoreBase):
             )
             counts = {state: 0 for state in DeliveryStatus}
             counts.update({DeliveryStatus(state): n for state, n in rows.all()})
+            counts[DeliveryStatus.PENDING] += await self._not_yet_queued(s, send_id)
             return counts
+
+    async def open_deliveries(self, send_id: int) -> int:
+        """Deliveries of a send not yet finished one way or the other (pending or sending),
+        with the recipients it has still to queue."""
+        async with self.session() as s:
+            return int((await s.execute(select(func.count()).select_from(Delivery).where(
+                Delivery.send_id == send_id,
+                Delivery.status.in_([DeliveryStatus.PENDING, DeliveryStatus.SENDING]),
+            ))).scalar_one()) + await self._not_yet_queued(s, send_id)
 
     async def sends(self, newsletter: str | None = None) -> Sequence[Send]:
         async with self.session() as s:
