@@ -122,26 +122,6 @@ class SqliteJournal:
         self._thread.shutdown()
 
 
-# Outcomes and marks in one statement, so a write is one round trip to the server (four
-# with BEGIN, the outcomes, the marks and COMMIT: measured, the worker waited on them).
-# The two UPDATEs never touch the same row: a row being marked is still PENDING and claimed,
-# a row with an outcome was released by it. Arrays carry the rows: one statement, any count.
-_PG_WRITE = """
-WITH recorded AS (
-    UPDATE deliveries AS d SET status = o.status, smtp_code = o.code, smtp_reply = o.reply,
-        message_id = coalesce(o.mid, d.message_id), sent_at = coalesce(o.sent, d.sent_at),
-        next_attempt_at = coalesce(o.retry, d.next_attempt_at), attempts = d.attempts + 1,
-        claimed_by = NULL, data_started_at = NULL, updated_at = $1
-    FROM unnest($2::int[], $3::text[], $4::int[], $5::text[], $6::text[],
-                $7::timestamptz[], $8::timestamptz[])
-        AS o(id, status, code, reply, mid, sent, retry)
-    WHERE d.id = o.id
-)
-UPDATE deliveries SET status = $9, data_started_at = $1, updated_at = $1
-WHERE id = ANY($10::int[]) AND claimed_by = $11 AND status = $12
-RETURNING id"""
-
-
 class PostgresJournal:
     """asyncpg, on one connection borrowed from the engine's pool for the whole send."""
 
@@ -149,28 +129,31 @@ class PostgresJournal:
         self._db = connection  # asyncpg.Connection
         self._worker_id = worker_id
         self._bounce_limit = bounce_limit
+        self._record = _RECORD_OUTCOME.format(*[f"${n}" for n in range(1, 9)])
 
     async def write(self, *, sending: Sequence[int], outcomes: Sequence[Outcome]) -> set[int]:
         now = utcnow()
-        columns = list(zip(*(_outcome_row(o, now, _same) for o in outcomes), strict=True)) \
-            or [()] * 8
-        status, code, reply, mid, sent, retry, _, ids = columns
-        arguments = (now, list(ids), list(status), list(code), list(reply), list(mid),
-                     list(sent), list(retry), SENDING, list(sending), self._worker_id, PENDING)
-        bounced = [o.delivery_id for o in outcomes if o.bounce]
-        if not bounced:  # a single statement is its own transaction
-            return {row[0] for row in await self._db.fetch(_PG_WRITE, *arguments)}
+        allowed: set[int] = set()
         async with self._db.transaction():
-            rows = await self._db.fetch(_PG_WRITE, *arguments)
-            # After the outcomes: the bounce limit counts this failure too.
-            ids_of = "SELECT subscription_id FROM deliveries WHERE id = ANY($1::int[])"
-            await self._db.execute(f"UPDATE subscriptions SET hard_bounces = "
-                                   f"hard_bounces + 1 WHERE id IN ({ids_of})", bounced)
-            await self._db.execute(
-                f"UPDATE subscriptions SET status = $2, bounced_at = $3 WHERE id IN "
-                f"({ids_of}) AND hard_bounces >= $4 AND status = $5",
-                bounced, BOUNCED, now, self._bounce_limit, CONFIRMED)
-        return {row[0] for row in rows}
+            if outcomes:
+                await self._db.executemany(self._record, [_outcome_row(o, now, _same)
+                                                          for o in outcomes])
+            bounced = [o.delivery_id for o in outcomes if o.bounce]
+            if bounced:
+                ids = "SELECT subscription_id FROM deliveries WHERE id = ANY($1::bigint[])"
+                await self._db.execute(f"UPDATE subscriptions SET hard_bounces = "
+                                       f"hard_bounces + 1 WHERE id IN ({ids})", bounced)
+                await self._db.execute(
+                    f"UPDATE subscriptions SET status = $2, bounced_at = $3 WHERE id IN "
+                    f"({ids}) AND hard_bounces >= $4 AND status = $5",
+                    bounced, BOUNCED, now, self._bounce_limit, CONFIRMED)
+            if sending:
+                rows = await self._db.fetch(
+                    "UPDATE deliveries SET status = $1, data_started_at = $2, updated_at = $2 "
+                    "WHERE id = ANY($3::bigint[]) AND claimed_by = $4 AND status = $5 "
+                    "RETURNING id", SENDING, now, list(sending), self._worker_id, PENDING)
+                allowed = {row[0] for row in rows}
+        return allowed
 
     async def aclose(self) -> None:
         pass  # the connection goes back to the pool with the store's AsyncConnection
