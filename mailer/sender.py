@@ -13,9 +13,10 @@ from types import TracebackType
 from typing import TYPE_CHECKING
 
 from mailer.config import Config, Newsletter
-from mailer.dispatch import Dispatcher, DispatchSettings, Tally
+from mailer.dispatch import Dispatcher
 from mailer.keys import token_key
 from mailer.models import Send, SendStatus
+from mailer.outcomes import DispatchSettings, Tally
 from mailer.sends import finish_if_done, letter_for, new_worker_id, recover_dead_workers
 from mailer.signing import signer_from_settings
 from mailer.store import Outcome, Store

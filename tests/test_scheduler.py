@@ -14,17 +14,10 @@ import pytest
 from mailer.content import Issue, load_issues
 from mailer.models import SendStatus, utcnow
 from mailer.schedule import ScheduleSpec
-from mailer.scheduler import (
-    Clock,
-    Scheduler,
-    SlotRunner,
-    SlotTrigger,
-    Snapshot,
-    last_slot,
-    skip_reasons,
-)
+from mailer.scheduler import Clock, Scheduler, SlotTrigger, last_slot
 from mailer.sender import Sender
 from mailer.sends import start_or_resume_send
+from mailer.slots import SlotRunner, Snapshot, skip_reasons
 from mailer.store import Store
 from tests.conftest import Project
 from tests.smtpd import RecordingServer
