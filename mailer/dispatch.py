@@ -77,6 +77,14 @@ class Journal:
         self._wake.set()
         return await future
 
+    async def hand_over(self, unwritten: list[Outcome], sending: int | None = None) -> bool:
+        """submit() what `unwritten` holds (emptying it) with the mark of `sending`."""
+        outcomes = unwritten[:]
+        unwritten.clear()
+        if not outcomes and sending is None:
+            return False
+        return await self.submit(sending=sending, outcomes=outcomes)
+
     async def _run(self, writer: JournalWriter) -> None:
         while True:
             await self._wake.wait()
@@ -269,18 +277,9 @@ class Dispatcher:
         if delay <= 0:
             return
         until = time.monotonic() + delay
-        await self._write(journal, unwritten)
+        await journal.hand_over(unwritten)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._stopping.wait(), max(0.0, until - time.monotonic()))
-
-    @staticmethod
-    async def _write(journal: Journal, unwritten: list[Outcome],
-                     sending: int | None = None) -> bool:
-        outcomes = unwritten[:]
-        unwritten.clear()
-        if not outcomes and sending is None:
-            return False
-        return await journal.submit(sending=sending, outcomes=outcomes)
 
     async def _worker(self, journal: Journal) -> None:
         transport = self.transport_factory()
@@ -305,11 +304,11 @@ class Dispatcher:
                                       or len(unwritten) >= _MAX_UNWRITTEN):
                         # Nothing follows at once to carry these outcomes: write them now,
                         # so the claim loop's queue.join() sees the send as it really is.
-                        await self._write(journal, unwritten)
+                        await journal.hand_over(unwritten)
                 finally:
                     self._queue.task_done()
         finally:
-            await self._write(journal, unwritten)
+            await journal.hand_over(unwritten)
             await transport.aclose()
 
     async def _deliver(self, transport: SmtpTransport, recipient: Recipient,
@@ -330,7 +329,7 @@ class Dispatcher:
             # without it is sent again, a row with it is unknown (Store.release_dead_workers).
             reply = await transport.send(
                 self.sender_address, recipient.email, data, wire_ready=self.signer is None,
-                before_body=lambda: self._write(journal, unwritten, recipient.delivery_id))
+                before_body=lambda: journal.hand_over(unwritten, recipient.delivery_id))
         except TransactionWithdrawn:
             return None  # another worker holds the row now (this one was thought dead)
         except (TemporaryFailure, PermanentFailure, DeliveryInDoubt) as exc:

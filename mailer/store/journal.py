@@ -23,8 +23,7 @@ from typing import Any, Protocol
 from mailer.models import DeliveryStatus, SubscriptionStatus, utcnow
 from mailer.store.rows import Outcome
 
-SENT, SENDING, PENDING = DeliveryStatus.SENT.value, DeliveryStatus.SENDING.value, \
-    DeliveryStatus.PENDING.value
+SENDING, PENDING = DeliveryStatus.SENDING.value, DeliveryStatus.PENDING.value
 CONFIRMED, BOUNCED = SubscriptionStatus.CONFIRMED.value, SubscriptionStatus.BOUNCED.value
 
 # coalesce: a NULL keeps what the row has (a retry keeps no Message-ID, a success keeps

@@ -8,6 +8,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import (
+    ColumnElement,
     func,
     insert,
     literal,
@@ -33,6 +34,12 @@ from mailer.store.rows import ArchivedIssue
 # Recipients queued per transaction: a few milliseconds of the database's write lock, so
 # the journal's commits never wait long, and a fraction of a second of sending.
 QUEUE_CHUNK = 2000
+
+
+def _confirmed_after(newsletter: str, after: int) -> tuple[ColumnElement[bool], ...]:
+    """Who a send of `newsletter` queues after subscription id `after`."""
+    return (Subscription.newsletter == newsletter,
+            Subscription.status == SubscriptionStatus.CONFIRMED, Subscription.id > after)
 
 
 class SendQueries(StoreBase):
@@ -111,10 +118,7 @@ class SendQueries(StoreBase):
         # In subscription id order: whoever confirms during the send is queued if the
         # sending has not passed their id yet (listmonk streams its lists the same way).
         after = send.queued_through
-        chunk = (select(Subscription.id)
-                 .where(Subscription.newsletter == send.newsletter,
-                        Subscription.status == SubscriptionStatus.CONFIRMED,
-                        Subscription.id > after)
+        chunk = (select(Subscription.id).where(*_confirmed_after(send.newsletter, after))
                  .order_by(Subscription.id).limit(QUEUE_CHUNK).subquery())
         through, count = (await s.execute(
             select(func.max(chunk.c.id), func.count()).select_from(chunk))).one()
@@ -126,9 +130,7 @@ class SendQueries(StoreBase):
             select(literal(send.id), Subscription.id, Subscriber.email, Subscriber.name,
                    literal(DeliveryStatus.PENDING.value), literal(0), literal(now))
             .join(Subscriber, Subscriber.id == Subscription.subscriber_id)
-            .where(Subscription.newsletter == send.newsletter,
-                   Subscription.status == SubscriptionStatus.CONFIRMED,
-                   Subscription.id > after, Subscription.id <= through)
+            .where(*_confirmed_after(send.newsletter, after), Subscription.id <= through)
         )
         await s.execute(insert(Delivery).from_select(
             ["send_id", "subscription_id", "email", "name", "status", "attempts", "created_at"],
@@ -144,9 +146,7 @@ class SendQueries(StoreBase):
         if send.queued_at is not None:
             return 0
         return int((await s.execute(select(func.count()).select_from(Subscription).where(
-            Subscription.newsletter == send.newsletter,
-            Subscription.status == SubscriptionStatus.CONFIRMED,
-            Subscription.id > send.queued_through))).scalar_one())
+            *_confirmed_after(send.newsletter, send.queued_through)))).scalar_one())
 
     async def set_send_status(self, send_id: int, status: SendStatus, reason: str | None = None
                               ) -> None:
