@@ -61,6 +61,7 @@ async def send_now(cfg: Config, newsletter: Newsletter, *, issue_path: Path | No
             return await _dry_run_or_test_copy(cfg, newsletter, store, issue_path=issue_path,
                                                to=to, now=now, console=console, force=force)
         unfinished = await store.unfinished_send(newsletter.id)
+        picked: list[content.Issue] | None = None  # read and checked once, sent as checked
         if unfinished is None:
             issue = _issue_for(cfg, newsletter, issue_path, await store.sent_slugs(newsletter.id),
                                now)
@@ -70,12 +71,15 @@ async def send_now(cfg: Config, newsletter: Newsletter, *, issue_path: Path | No
                 return 0
             check_clipping(_letter(cfg, newsletter, issue).rendered, issue, force=force,
                            console=console)
-            count = await store.count_recipients(newsletter.id)
-            if not yes and not _confirm(console, f"Send {issue.subject!r} to {count} "
+            # Counted only to ask: on a long list the count costs the first message time.
+            if not yes and not _confirm(console, f"Send {issue.subject!r} to "
+                                        f"{await store.count_recipients(newsletter.id)} "
                                         f"subscriber(s) of {newsletter.id}?"):
                 console.print("nothing sent")
                 return 1
-        send = await start_or_resume_send(cfg, newsletter, store, now=now, issue_path=issue_path)
+            picked = [issue]
+        send = await start_or_resume_send(cfg, newsletter, store, now=now, issue_path=issue_path,
+                                          issues=picked)
         assert send is not None
         if resend_unknown:
             await store.requeue_unknown(send.id)
