@@ -85,6 +85,9 @@ def send_now(
         "--force", help="send even an issue Gmail would clip (HTML past 102 KB)")] = False,
     queue: Annotated[bool, typer.Option(
         "--queue", help="only queue the issue; `mailer worker` processes deliver it")] = False,
+    resume: Annotated[bool, typer.Option(
+        "--resume", help="only go on with an interrupted or paused send; never start the "
+                         "next issue")] = False,
 ) -> None:
     """Send the due (or given) issue now to every confirmed subscriber."""
     from mailer import cli_send, worker
@@ -96,7 +99,7 @@ def send_now(
         return
     code = run_async(cli_send.send_now(
         cfg, cfg.newsletter(newsletter), issue_path=issue, dry_run=dry_run, to=to, yes=yes,
-        resend_unknown=resend_unknown, now=now(cfg), console=out, force=force,
+        resend_unknown=resend_unknown, now=now(cfg), console=out, force=force, resume=resume,
     ))
     raise typer.Exit(code)
 

@@ -49,7 +49,8 @@ def _sample_message(cfg: Config, newsletter: Newsletter, letter: Letter, to: str
 
 async def send_now(cfg: Config, newsletter: Newsletter, *, issue_path: Path | None,
                    dry_run: bool, to: str | None, yes: bool, resend_unknown: bool,
-                   now: datetime, console: Console, force: bool = False) -> int:
+                   now: datetime, console: Console, force: bool = False,
+                   resume: bool = False) -> int:
     """Run `send-now`; returns the exit code (0 only when every recipient got the issue).
 
     An issue Gmail would clip is refused (ContentError) unless `force`; an interrupted send
@@ -62,6 +63,10 @@ async def send_now(cfg: Config, newsletter: Newsletter, *, issue_path: Path | No
                                                to=to, now=now, console=console, force=force)
         unfinished = await store.unfinished_send(newsletter.id)
         picked: list[content.Issue] | None = None  # read and checked once, sent as checked
+        if unfinished is None and resume:
+            console.print(f"nothing to resume: {newsletter.id} has no interrupted or paused "
+                          "send")
+            return 0
         if unfinished is None:
             issue = _issue_for(cfg, newsletter, issue_path, await store.sent_slugs(newsletter.id),
                                now)

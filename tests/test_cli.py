@@ -282,3 +282,25 @@ def test_status_lists_each_failure_with_the_servers_reply(project: Project) -> N
     status = mailer(project, "status")
     assert status.returncode == 0, status.stderr
     assert "failed alan@example.org: 550 5.1.1 no such user" in status.stdout
+
+
+def test_send_now_resume_only_goes_on_with_a_paused_send_and_never_starts_one(
+    project: Project,
+) -> None:
+    with ServerThread() as server:
+        project.configure(smtp_url=f"smtp://127.0.0.1:{server.port}")
+        add_confirmed(project, *SUBSCRIBERS)
+        nothing = mailer(project, "send-now", "ml-issues", "--resume", "--yes")
+        assert nothing.returncode == 0, nothing.stderr
+        assert "nothing to resume" in nothing.stdout
+        assert server.messages == []  # the due issue was not started
+    with ServerThread(reply_on_connect=["421 4.3.2 relay down"] * 1000) as dead:
+        project.configure(smtp_url=f"smtp://127.0.0.1:{dead.port}", error_window=3,
+                          max_error_rate=1.0, retry_base_seconds=0)
+        paused = mailer(project, "send-now", "ml-issues", "--yes")
+        assert paused.returncode == 1 and "paused" in paused.stdout
+    with ServerThread() as healthy:
+        project.configure(smtp_url=f"smtp://127.0.0.1:{healthy.port}")
+        resumed = mailer(project, "send-now", "ml-issues", "--resume", "--yes")
+        assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+        assert sorted(r for m in healthy.messages for r in m.rcpt_tos) == sorted(SUBSCRIBERS)
