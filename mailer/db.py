@@ -41,7 +41,8 @@ def is_sqlite(engine: AsyncEngine) -> bool:
     return engine.dialect.name == "sqlite"
 
 
-def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+def sqlite_pragmas(dbapi_conn: Any, _record: Any = None) -> None:
+    """Set up a new SQLite connection, the engine's or the journal's own (store.journal)."""
     # WAL lets the web endpoints read while a send writes; busy_timeout makes a second
     # process wait for the write lock instead of failing at once. synchronous=NORMAL
     # in WAL mode still survives a process crash (only a power loss can drop the
@@ -75,7 +76,7 @@ def create_engine(database_url: str) -> AsyncEngine:
         if parsed.database and parsed.database != ":memory:":
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
         engine = create_async_engine(url)
-        event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+        event.listen(engine.sync_engine, "connect", sqlite_pragmas)
         event.listen(engine.sync_engine, "begin", _sqlite_begin)
         return engine
     return create_async_engine(url, pool_size=10, max_overflow=10, pool_pre_ping=True)

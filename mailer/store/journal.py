@@ -20,6 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
+from mailer.db import sqlite_pragmas
 from mailer.models import DeliveryStatus, SubscriptionStatus, utcnow
 from mailer.store.rows import Outcome
 
@@ -71,12 +72,9 @@ class SqliteJournal:
             self._thread, self._write, list(sending), list(outcomes))
 
     def _connect(self) -> sqlite3.Connection:
-        db = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
-        # As db._sqlite_pragmas: wait for the write lock, survive a process crash.
-        db.execute("PRAGMA busy_timeout=30000")
-        db.execute("PRAGMA synchronous=NORMAL")
-        db.execute("PRAGMA foreign_keys=ON")
-        # It only updates rows by primary key: a small page cache does (default: 2 MB).
+        db = sqlite3.connect(self._path, check_same_thread=False)
+        sqlite_pragmas(db)  # the engine's: lock waits, durability, explicit transactions
+        # It only updates rows by primary key: a smaller page cache than the engine's does.
         db.execute("PRAGMA cache_size=-256")
         return db
 
