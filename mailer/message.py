@@ -9,14 +9,13 @@ from dataclasses import dataclass
 from datetime import datetime
 from email import quoprimime
 from email.header import Header
-from email.headerregistry import Address
 from email.message import EmailMessage
 from email.policy import SMTP
 from email.utils import format_datetime, make_msgid, parseaddr
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
-from mailer.addresses import LINE_BREAKS
+from mailer.addresses import LINE_BREAKS, mailbox_header
 from mailer.errors import InputError
 from mailer.render import UNSUBSCRIBE_SLOT, RenderedIssue, personalize
 
@@ -62,6 +61,11 @@ def message_id(domain: str) -> str:
     return make_msgid(domain=domain)
 
 
+# Headers we write ourselves go in with set_raw, and the email package must never parse and
+# refold them: its parser decodes RFC 2047 words, and its folder writes what they decode to
+# (CR, LF, VT, NUL) into the header. refold_source="none" keeps them as written.
+_POLICY = SMTP.clone(refold_source="none")
+
 
 def _no_newlines(value: str, field: str) -> str:
     # A header value with a line break could smuggle in new headers (header injection).
@@ -70,18 +74,33 @@ def _no_newlines(value: str, field: str) -> str:
     return value
 
 
+def _set_line(msg: EmailMessage, line: str) -> None:
+    header, _, value = line.partition(": ")
+    msg.set_raw(header, value.removesuffix("\r\n"))
+
+
+def _author_mailbox(header: str, value: str, field: str) -> str:
+    # The config's "Name <address>", written by mailbox_header like a subscriber's: an
+    # encoded word in the name stays text. parseaddr never decodes RFC 2047 words.
+    name, address = parseaddr(_no_newlines(value, field))
+    if not address:
+        raise InputError(f"{value[:80]!r} is not an address", field=field)
+    return mailbox_header(header, name, address, name_field=field, address_field=field)
+
+
 def _shared_headers(msg: EmailMessage, letter: Letter) -> None:
-    msg["From"] = _no_newlines(letter.sender, "from")
+    _set_line(msg, _author_mailbox("From", letter.sender, "from"))
     subject = _no_newlines(letter.rendered.subject, "subject")
-    if subject.isascii():
+    if subject.isascii() and "=?" not in subject:
         msg["Subject"] = subject
     else:
-        # email's own folder drops the space before an encoded word that starts a folded
-        # line (CPython gh-144156); Header folds RFC 2047 words correctly.
+        # Header encodes the whole subject, so a "=?" in it reads back as text, not as an
+        # encoded word the email package would decode and write out. email's own folder also
+        # drops the space before an encoded word that starts a folded line (CPython gh-144156).
         msg.set_raw("Subject", Header(subject, "utf-8", header_name="Subject")
                     .encode(linesep="\r\n"))
     if letter.reply_to:
-        msg["Reply-To"] = _no_newlines(letter.reply_to, "reply_to")
+        _set_line(msg, _author_mailbox("Reply-To", letter.reply_to, "reply_to"))
     msg["List-Id"] = letter.list_id
     # RFC 8058: with List-Unsubscribe (per recipient) this announces one-click unsubscribe.
     msg["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
@@ -103,14 +122,14 @@ def build_message(
     copies and previews, where building one message slowly costs nothing.
 
     Raises:
-        InputError: a recipient value with a line break.
+        InputError: a recipient value with a line break, or an address no header can carry.
     """
-    msg = EmailMessage(policy=SMTP)
-    local, _, domain = _no_newlines(to_email, "to").rpartition("@")
-    msg["To"] = Address(display_name=_no_newlines(to_name, "name"), username=local, domain=domain)
+    msg = EmailMessage(policy=_POLICY)
+    _set_line(msg, mailbox_header("To", to_name, to_email, name_field="name", address_field="to"))
     msg["Date"] = format_datetime(date)
     msg["Message-ID"] = _no_newlines(msg_id, "message_id")
-    msg["List-Unsubscribe"] = f"<{_no_newlines(unsubscribe_url, 'unsubscribe_url')}>"
+    # Raw, as the fast path writes it: a URL is not text to decode RFC 2047 words from.
+    msg.set_raw("List-Unsubscribe", f"<{_no_newlines(unsubscribe_url, 'unsubscribe_url')}>")
     _shared_headers(msg, letter)
     html, text = personalize(letter.rendered, unsubscribe_url=unsubscribe_url)
     msg.set_content(text, subtype="plain", charset="utf-8")
@@ -125,7 +144,6 @@ _BOUNDARY_ALPHABET = "0123456789abcdefghijklmnopqrstuvwxyz"
 # ("=") that joins a piece to the recipient's URL spliced in after it.
 _QP_LINE = 75
 _LINE_STARTING_WITH_DOT = re.compile(rb"^\.", re.MULTILINE)
-_ATEXT_NAME = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~ -]*")
 
 
 def _qp(text: str) -> bytes:
@@ -190,14 +208,16 @@ class PreparedMessage:
         (`SmtpTransport.send(..., wire_ready=True)`), so no pass over them is needed.
 
         Raises:
-            InputError: a recipient value with a line break.
+            InputError: a recipient value with a line break, or an address no header can
+                carry.
         """
         pieces = self.wire_pieces if wire else self.body_pieces
         url = _no_newlines(unsubscribe_url, "unsubscribe_url")
         html_url = _qp_url(html.escape(url, quote=True))
         text_url = _qp_url(url)
         out = [
-            _to_header(to_email, to_name),
+            mailbox_header("To", to_name, to_email, name_field="name",
+                           address_field="to").encode("ascii"),
             b"Date: ", format_datetime(date).encode("ascii"),
             b"\r\nMessage-ID: ", _no_newlines(msg_id, "message_id").encode("ascii"),
             b"\r\nList-Unsubscribe: <", url.encode("ascii"), b">\r\n",
@@ -209,27 +229,13 @@ class PreparedMessage:
         return b"".join(out)
 
 
-def _to_header(to_email: str, to_name: str) -> bytes:
-    _no_newlines(to_email, "to")
-    _no_newlines(to_name, "name")
-    if to_email.isascii() and to_name.isascii() and _ATEXT_NAME.fullmatch(to_name):
-        line = f"To: {to_name} <{to_email}>\r\n" if to_name.strip() else f"To: {to_email}\r\n"
-        if len(line) <= 78:
-            return line.encode("ascii")
-    # Quoting, RFC 2047 words and folding are the email package's job: the rare slow path.
-    msg = EmailMessage(policy=SMTP)
-    local, _, domain = to_email.rpartition("@")
-    msg["To"] = Address(display_name=to_name, username=local, domain=domain)
-    return msg.as_bytes().split(b"\r\n\r\n", 1)[0] + b"\r\n"
-
-
 def prepare_message(letter: Letter, /) -> PreparedMessage:
     """Render and encode the shared part of an issue's message once.
 
     Raises:
         InputError: a sender, reply-to or subject with a line break.
     """
-    shared = EmailMessage(policy=SMTP)
+    shared = EmailMessage(policy=_POLICY)
     _shared_headers(shared, letter)
     boundary = "===============" + "".join(random.choices(_BOUNDARY_ALPHABET, k=24)) + "=="
     shared["MIME-Version"] = "1.0"

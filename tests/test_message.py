@@ -21,7 +21,7 @@ from mailer.addresses import clean_name, normalize_email
 from mailer.config import Newsletter, Settings
 from mailer.content import load_issue
 from mailer.errors import InputError, SubscriberError
-from mailer.message import Letter, build_message, list_id, message_id
+from mailer.message import Letter, build_message, list_id, message_id, prepare_message
 from mailer.render import UNSUBSCRIBE_SLOT, RenderedIssue, render_issue
 from mailer.tokens import read_unsubscribe_token, unsubscribe_token
 
@@ -388,6 +388,63 @@ def test_unicode_line_separators_in_a_subscriber_name_are_refused_not_sent(
         clean_name(name)
     with pytest.raises(InputError, match="line break"):
         send_to(letter, to_name=name)
+
+
+@pytest.mark.parametrize("name", [
+    "=?utf-8?q?Eve=0D=0ABcc:_v@evil.example?=",  # the finding: CR LF, then a Bcc header
+    "=?utf-8?q?Eve=0D=0ABcc=3A_v=40evil=2Eexample?=",  # all atext: it once went out raw
+    "=?utf-8?q?Eve=0BBcc:_v@evil.example?=",  # a vertical tab
+    "Zoë =?utf-8?b?RXZlDQpCY2M6IHZAZXZpbC5leGFtcGxl?=",
+])
+def test_an_encoded_word_in_a_subscribers_name_is_sent_as_text_by_both_builders(
+    letter: Letter, name: str,
+) -> None:
+    recipient: dict[str, Any] = {"to_email": "x53@example.com", "to_name": name,
+                                 "unsubscribe_url": unsubscribe_url(7), "date": DATE,
+                                 "msg_id": message_id("example.com")}
+
+    for data in (build_message(letter, **recipient).as_bytes(),
+                 prepare_message(letter).personalize(**recipient)):
+        head = data.split(b"\r\n\r\n", 1)[0]
+        assert b"evil" not in head and b"Bcc" not in head  # only inside base64
+        lines = raw_header(data, "To")
+        words = r"(?: (?:=\?utf-8\?b\?[A-Za-z0-9+/=]+\?=|<x53@example\.com>))+"
+        assert all(re.fullmatch(rf"(?:To:)?{words}", line) for line in lines), lines
+        value = " ".join(line.strip() for line in lines).removeprefix("To:").strip()
+        assert str(make_header(decode_header(value))) == f"{name} <x53@example.com>"
+        assert [a.addr_spec for a in parse(data)["To"].addresses] == ["x53@example.com"]
+        assert "Bcc" not in parse(data)
+
+
+def test_an_encoded_word_in_the_subject_is_sent_as_text_not_decoded_into_a_line_break(
+    letter: Letter,
+) -> None:
+    # An issue about encodings may well quote one; the email package used to decode it
+    # and write "Subject: What is Eve\r\nBcc: v@evil.example".
+    subject = "What is =?utf-8?q?Eve=0D=0ABcc:_v@evil.example?= anyway?"
+
+    data = send_to(with_subject(letter, subject))
+
+    assert parse(data)["Subject"] == subject
+    assert "Bcc" not in parse(data)
+    assert b"\r\nBcc" not in data.split(b"\r\n\r\n", 1)[0]
+
+
+def test_an_encoded_word_in_the_configured_sender_name_is_sent_as_text(
+    make_letter: Callable[..., Letter],
+) -> None:
+    # The email package raised ValueError on this one, and wrote a raw VT for "=0B".
+    name = "=?utf-8?q?News=0D=0ABcc:_v@evil.example?="
+    letter = make_letter(**{"from": f'"{name}" <news@example.com>',
+                            "reply_to": f'"{name}" <editor@example.com>'})
+
+    message = parse(send_to(letter))
+
+    assert [(a.display_name, a.addr_spec) for a in message["From"].addresses] == [
+        (name, "news@example.com")]
+    assert [(a.display_name, a.addr_spec) for a in message["Reply-To"].addresses] == [
+        (name, "editor@example.com")]
+    assert "Bcc" not in message
 
 
 # --- the seed issue users actually send ---------------------------------------------------------
