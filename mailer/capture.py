@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
-import mailbox
+import os
+import socket
+import time
 from pathlib import Path
 from typing import Any
 
 from aiosmtpd.smtp import SMTP, Envelope, Session
+
+from mailer.keys import make_private_dir
 
 # Generous on purpose: above what common relays take (Gmail: 25 MB), so capture never rejects
 # a message a real relay would accept, yet bounded because aiosmtpd holds DATA in memory.
@@ -52,17 +57,53 @@ def _envelope_headers(envelope: Envelope) -> bytes:
     return text.encode("utf-8", "surrogateescape")
 
 
+_MESSAGES = itertools.count()
+
+
+class _Maildir:
+    """A Maildir that only receives: each message written into tmp/ with mode 0600, fsynced,
+    then linked into new/ (so a reader never sees half a message), as an MDA delivers.
+
+    By hand rather than with mailbox.Maildir, which creates message files 0666 minus the
+    umask (0644 for most): every captured message names a subscriber and carries their
+    personal links. The folders are made 0700, as mailbox.Maildir does.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        for folder in (path, path / "tmp", path / "new", path / "cur"):
+            make_private_dir(folder)
+        host = socket.gethostname().replace("/", "_").replace(":", "_")
+        self._suffix = f"P{os.getpid()}.{host}"
+
+    def add(self, data: bytes) -> Path:
+        # The classic unique name: time, a counter shared by every box of the process, the
+        # pid and the host. Nanoseconds first (19 digits until 2286): names sort by arrival.
+        name = f"{time.time_ns()}.Q{next(_MESSAGES)}{self._suffix}"
+        tmp, new = self.path / "tmp" / name, self.path / "new" / name
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        try:
+            with open(fd, "wb") as file:
+                file.write(data)
+                file.flush()
+                os.fsync(file.fileno())
+            os.link(tmp, new)  # fails rather than overwrite, unlike rename
+        finally:
+            os.unlink(tmp)
+        return new
+
+
 class _MaildirHandler:
     """aiosmtpd handler that stores each message in a Maildir and counts them."""
 
-    def __init__(self, maildir: mailbox.Maildir) -> None:
+    def __init__(self, maildir: _Maildir) -> None:
         self.maildir = maildir
         self.count = 0
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         data = envelope.original_content or b""
-        # Synchronous on purpose: Maildir names (time + a class counter) may clash across threads,
-        # and add() is already atomic (written in tmp/, fsynced, linked into new/).
+        # Synchronous on purpose: a capture box takes test traffic, and add() is already
+        # atomic (written in tmp/, fsynced, linked into new/).
         self.maildir.add(_envelope_headers(envelope) + data)
         self.count += 1
         return ACCEPTED
@@ -94,9 +135,7 @@ class CaptureServer:
             # aiosmtpd logs every command at INFO; keep its warnings, unless someone chose a level.
             _aiosmtpd_log.setLevel(logging.WARNING)
         loop = asyncio.get_running_loop()
-        # Only the parents: Maildir creates the box itself with mode 0700, as mail is private.
-        self.outbox_dir.parent.mkdir(parents=True, exist_ok=True)
-        handler = self._handler = _MaildirHandler(mailbox.Maildir(self.outbox_dir, create=True))
+        handler = self._handler = _MaildirHandler(_Maildir(self.outbox_dir))
         self._server = await loop.create_server(
             lambda: _Connection(handler, self._live, loop=loop, **_SMTP_OPTIONS),
             self.host,

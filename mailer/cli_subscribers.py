@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from mailer import subscriptions
+from mailer import csvcells, subscriptions
 from mailer.cli_common import err, fails_cleanly, open_store, out, run_async, state
 from mailer.errors import InputError
 from mailer.models import SubscriptionStatus
@@ -50,10 +50,10 @@ def subscribers_import(
     file: Path, list_: ListOpt,
     confirmed: Annotated[bool, typer.Option("--confirmed")] = False,
 ) -> None:
-    """Import a CSV (email[,name]); any bad row stops the import and nothing is stored."""
+    """Import a CSV (email[,name], or an export); a bad row stops it and nothing is stored."""
     cfg = state.config()
     newsletter = cfg.newsletter(list_)
-    rows = subscriptions.read_csv(file)
+    rows = subscriptions.read_csv(file, confirmed=confirmed)
 
     async def go() -> int:
         store = await open_store(cfg)
@@ -92,11 +92,13 @@ def subscribers_export(
         store = await open_store(cfg)
         try:
             writer = csv.writer(sys.stdout, lineterminator="\n")
-            writer.writerow(["email", "name", "status", "created_at", "confirmed_at"])
+            writer.writerow(csvcells.EXPORT_HEADER)
             async for row in store.subscribers(newsletter=newsletter.id, status=wanted):
-                writer.writerow([row.email, row.name, row.status.value,
-                                 row.created_at.isoformat(),
-                                 row.confirmed_at.isoformat() if row.confirmed_at else ""])
+                # Names come from the public form: a `=HYPERLINK(…)` must reach a
+                # spreadsheet as text (`'=…`); `subscribers import` takes the quote off.
+                writer.writerow(csvcells.escape_row([
+                    row.email, row.name, row.status.value, row.created_at.isoformat(),
+                    row.confirmed_at.isoformat() if row.confirmed_at else ""]))
         finally:
             await store.close()
 

@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import (
 )
 
 from mailer.errors import ConfigError
+from mailer.keys import create_private_file, make_private_dir
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 
@@ -69,12 +70,17 @@ def _sqlite_begin(conn: Any) -> None:
 
 
 def create_engine(database_url: str) -> AsyncEngine:
-    """An async engine for the configured database; creates the SQLite file's folder."""
+    """An async engine for the configured database; creates the SQLite file (0600) and its
+    folder (0700) when they do not exist yet."""
     url = async_url(database_url)
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
-        if parsed.database and parsed.database != ":memory:":
-            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        if parsed.database and parsed.database != ":memory:" and not parsed.query.get("uri"):
+            # Every subscriber is in this file: made 0600 before SQLite opens it, which
+            # then gives its -wal and -shm files the same mode; its folder 0700 if new.
+            path = Path(parsed.database)
+            make_private_dir(path.parent)
+            create_private_file(path)
         engine = create_async_engine(url)
         event.listen(engine.sync_engine, "connect", sqlite_pragmas)
         event.listen(engine.sync_engine, "begin", _sqlite_begin)

@@ -1,4 +1,5 @@
-"""The token-signing key: from the environment, a 0600 file, or generated once into var/."""
+"""The token-signing key: from the environment, a 0600 file, or generated once into var/;
+and the private folders and files mailer keeps there (0700 and 0600)."""
 
 from __future__ import annotations
 
@@ -48,7 +49,7 @@ def load_or_create_secret_key(configured: str | None, var_dir: Path) -> str:
         if not key:
             raise ConfigError("the key file is empty", file=str(path))
         return key
-    var_dir.mkdir(parents=True, exist_ok=True)
+    make_private_dir(var_dir)
     # Written whole into a private temporary file, then linked into place: link() fails if
     # the name exists, so two processes starting at once agree on one key, and no one ever
     # reads a half-written (empty) file.
@@ -65,3 +66,28 @@ def load_or_create_secret_key(configured: str | None, var_dir: Path) -> str:
     print(f"mailer: generated a token-signing key in {path} (mode 0600); keep it, "
           "or set MAILER_SECRET_KEY", file=sys.stderr)
     return path.read_text().strip()
+
+
+def make_private_dir(path: Path) -> None:
+    """Create `path` and its missing parents with mode 0700 (var/ holds the key, the whole
+    list of subscribers and their mail). A folder that exists is left as it is: its modes
+    are its owner's choice (a database in /tmp, a shared folder)."""
+    missing = [path]
+    while not missing[-1].parent.exists():
+        missing.append(missing[-1].parent)
+    for folder in reversed(missing):
+        # exist_ok: never chmod-s a folder that exists; the umask can only take bits away.
+        folder.mkdir(mode=0o700, exist_ok=True)
+
+
+def create_private_file(path: Path) -> None:
+    """Create `path` empty with mode 0600, unless it exists (then it is left as it is).
+
+    Created with that mode, not chmod-ed afterwards: no one else can open it in between
+    and keep reading what is written later.
+    """
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    except FileExistsError:
+        return
+    os.close(fd)

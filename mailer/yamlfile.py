@@ -11,8 +11,27 @@ from mailer.errors import ConfigError, MailerError
 Lines = dict[tuple[str, ...], int]
 
 
+ANCHORS_REFUSED = "anchors and aliases (&x / *x) are not supported"
+
+
+class _AnchorRefused(yaml.composer.ComposerError):
+    """An anchor or alias in a file mailer reads (see _Loader.compose_node)."""
+
+
 class _Loader(yaml.SafeLoader):
-    """SafeLoader that marks impossible dates (2026-02-30) instead of raising a bare ValueError."""
+    """SafeLoader that refuses anchors and aliases, and marks impossible dates (2026-02-30)
+    instead of raising a bare ValueError."""
+
+    def compose_node(self, parent: yaml.Node | None, index: int) -> yaml.Node | None:
+        # Refused at the first event, before any node exists: an alias shares a node, so
+        # 2 KB of nested aliases (a "billion laughs") stand for billions of values to every
+        # walk of the tree (the line index below, then pydantic), which took the CLI 13 s and
+        # 1.5 GB at 7 levels. Neither schedules.yaml nor front matter needs them.
+        if self.check_event(yaml.NodeEvent):  # which parses the next event into current_event
+            event = self.current_event
+            if event.anchor is not None:  # an alias event carries the anchor it names
+                raise _AnchorRefused(None, None, ANCHORS_REFUSED, event.start_mark)
+        return super().compose_node(parent, index)
 
     def construct_yaml_timestamp(self, node: Any) -> Any:
         try:
@@ -31,7 +50,7 @@ def load_yaml(text: str, *, file: str, error: type[MailerError] = ConfigError,
     """Parse one YAML document; return the data and the 1-based line of every key path.
 
     Raises:
-        error: malformed YAML or a duplicate key, naming the line.
+        error: malformed YAML, a duplicate key, or an anchor or alias, naming the line.
     """
     try:
         loader = _Loader(text)  # the reader rejects non-printable characters right here
@@ -40,6 +59,9 @@ def load_yaml(text: str, *, file: str, error: type[MailerError] = ConfigError,
             data = loader.construct_document(node) if node is not None else None
         finally:
             loader.dispose()
+    except _AnchorRefused as exc:
+        at = exc.problem_mark.line + first_line if exc.problem_mark else first_line
+        raise error(ANCHORS_REFUSED, file=file, line=at) from None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         if exc.context_mark and "<stream end>" in (exc.problem or ""):

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import mailbox
+import os
+import stat
 import threading
 from email import message_from_bytes, policy
 from email.message import EmailMessage
@@ -69,6 +71,25 @@ async def test_capture_stores_the_message_bytes_as_received_after_the_envelope(
     assert stored_files(outbox) == [
         b"Return-Path: <ada@example.org>\r\nDelivered-To: bob@example.org\r\n" + RAW
     ]
+
+
+async def test_capture_writes_each_message_0600_in_0700_maildir_folders(tmp_path: Path) -> None:
+    outbox = tmp_path / "var" / "outbox"
+    old_umask = os.umask(0o022)  # the usual one: anything more private is capture's doing
+    try:
+        async with CaptureServer(outbox) as server:
+            await send(server)
+            await send(server)
+    finally:
+        os.umask(old_umask)
+
+    modes = {p.relative_to(tmp_path).as_posix(): stat.S_IMODE(p.stat().st_mode)
+             for p in (tmp_path / "var", outbox, *outbox.iterdir())}
+    assert modes == {"var": 0o700, "var/outbox": 0o700, "var/outbox/tmp": 0o700,
+                     "var/outbox/new": 0o700, "var/outbox/cur": 0o700}
+    stored = sorted((outbox / "new").iterdir())
+    assert [stat.S_IMODE(p.stat().st_mode) for p in stored] == [0o600, 0o600]
+    assert list((outbox / "tmp").iterdir()) == []
 
 
 async def test_captured_message_opens_with_mailbox_and_parses(tmp_path: Path) -> None:

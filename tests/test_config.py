@@ -141,6 +141,12 @@ def test_a_duplicate_key_is_an_error_on_its_second_line(project: Path) -> None:
     assert (error.line, error.field) == (3, "settings.concurrency")
 
 
+def test_an_anchor_or_alias_is_refused_naming_its_line(project: Path) -> None:
+    error = load_error(write(project, "settings:\n  concurrency: &n 3\n  max_attempts: *n\n"))
+    assert error.line == 2
+    assert error.message == "anchors and aliases (&x / *x) are not supported"
+
+
 def test_an_unknown_settings_key_is_named_with_its_line(project: Path) -> None:
     error = load_error(write(project, "settings:\n  concurrency: 3\n  concurency: 4\n"))
     assert (error.line, error.field) == (3, "settings.concurency")
