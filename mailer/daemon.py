@@ -18,6 +18,7 @@ from mailer import config as config_mod
 from mailer import content, logs
 from mailer.config import Config
 from mailer.errors import MailerError
+from mailer.httpserver import server_config
 from mailer.scheduler import Clock, Scheduler
 from mailer.sender import Sender
 from mailer.slots import SlotRunner, Snapshot
@@ -29,7 +30,7 @@ log = logging.getLogger("mailer.daemon")
 ABORT_WAIT_SECONDS = 5.0  # after cutting connections, for their outcomes to be written
 # Settings a running daemon cannot swap: they are read once, while it starts.
 RESTART_SETTINGS = ("database_url", "smtp_url", "host", "port", "var_dir", "secret_key",
-                    "smtp_password", "test_now")
+                    "smtp_password", "test_now", "trusted_proxies")
 
 
 def fingerprint(config: Config) -> tuple[object, ...]:
@@ -194,8 +195,9 @@ class Daemon:
     def _start_web(self, store: Store, sock: socket.socket
                    ) -> tuple[uvicorn.Server, asyncio.Task[None]]:
         self.app = create_app(self.snapshot.config, store=store)
-        server = _WebServer(uvicorn.Config(self.app, lifespan="on", log_config=None,
-                                           access_log=False, timeout_graceful_shutdown=3))
+        server = _WebServer(server_config(self.app, self.snapshot.config.settings, lifespan="on",
+                                          log_config=None, access_log=False,
+                                          timeout_graceful_shutdown=3))
         logging.getLogger("uvicorn.error").setLevel(logging.WARNING)
         return server, asyncio.create_task(self._serve_web(server, sock), name="mailer-web")
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 import time
 from collections import deque
@@ -107,7 +109,8 @@ class RateLimiter:
 
 class SecurityHeaders:
     """ASGI middleware: headers every answer carries. No sniffing, no framing, no caching,
-    and no Referer that would hand a confirm or unsubscribe token in the URL to another site."""
+    and no Referer that would hand a confirm or unsubscribe token in the URL to another site.
+    A header the answer sets itself wins (the confirm page's CSP allows its one script)."""
 
     HEADERS = [(b"x-content-type-options", b"nosniff"), (b"referrer-policy", b"no-referrer"),
                (b"x-frame-options", b"DENY"), (b"content-security-policy", CSP.encode()),
@@ -116,6 +119,13 @@ class SecurityHeaders:
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
 
+    @staticmethod
+    def csp_allowing(script: str) -> str:
+        """The CSP of a page with one inline script: that script alone may run, allowed by
+        its hash (never 'unsafe-inline', which would let an injected one run too)."""
+        digest = base64.b64encode(hashlib.sha256(script.encode()).digest()).decode()
+        return f"{CSP}; script-src 'sha256-{digest}'"
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
@@ -123,7 +133,9 @@ class SecurityHeaders:
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
-                message["headers"] = [*message.get("headers", []), *self.HEADERS]
+                headers = list(message.get("headers", []))
+                own = {name.lower() for name, _ in headers}
+                message["headers"] = headers + [h for h in self.HEADERS if h[0] not in own]
             await send(message)
 
         await self.app(scope, receive, send_with_headers)

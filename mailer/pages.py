@@ -10,7 +10,7 @@ from typing import Any
 import jinja2
 from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 
 from mailer.config import BUNDLED_TEMPLATES, Config, Newsletter
@@ -19,8 +19,8 @@ from mailer.errors import InputError
 log = logging.getLogger("mailer.web")
 
 HEADINGS = {400: "This did not work", 404: "Not found", 405: "Not allowed here",
-            413: "Too much data", 415: "Unsupported format", 429: "Too many requests",
-            500: "Something went wrong"}
+            408: "Too slow", 413: "Too much data", 415: "Unsupported format",
+            429: "Too many requests", 500: "Something went wrong"}
 DEFAULT_ACCENT = "#2563eb"
 
 
@@ -98,10 +98,21 @@ async def input_error(request: Request, exc: Exception) -> Response:
     return error_response(request, 400, str(exc))
 
 
+async def client_gone(request: Request, exc: Exception) -> Response:
+    """The client closed the connection before its whole request came: nobody to answer."""
+    # One line, not a traceback: any client can do this at will (and the path may hold a
+    # token, so the route's pattern stands for it).
+    route = getattr(request.scope.get("route"), "path", "?")
+    log.info("client went away before sending the whole request",
+             extra={"method": request.method, "route": route})
+    return Response(status_code=400)
+
+
 async def server_error(request: Request, exc: Exception) -> Response:
     """Anything unexpected: a page that says so and nothing of the cause."""
     return error_response(request, 500, "something went wrong on our side; please try again "
                                         "in a few minutes")
 
 
-EXCEPTION_HANDLERS = {HTTPException: http_error, InputError: input_error, Exception: server_error}
+EXCEPTION_HANDLERS = {HTTPException: http_error, InputError: input_error,
+                      ClientDisconnect: client_gone, Exception: server_error}
