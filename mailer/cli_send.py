@@ -15,7 +15,7 @@ from rich.table import Table
 from mailer import browser, content, render, tokens
 from mailer.config import Config, Newsletter
 from mailer.errors import ContentError, InputError
-from mailer.keys import token_key
+from mailer.keys import make_private_dir, token_key
 from mailer.message import Letter, build_message, letter_of, message_id
 from mailer.models import DeliveryStatus, SendStatus, utcnow
 from mailer.sender import Sender, send_one
@@ -238,7 +238,7 @@ def write_preview(shown: IssuePreview, data: bytes, *, out: Path | None, open_fi
         files.setdefault(html_path, html.encode())
         files.setdefault(folder / f"{stem}.txt", text.encode())
     for path, payload in files.items():
-        path.parent.mkdir(parents=True, exist_ok=True)
+        make_private_dir(path.parent)  # var/ holds the database too: only its owner reads it
         path.write_bytes(payload)
     written = list(files)
     if widths:

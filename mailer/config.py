@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import stat
@@ -35,7 +36,7 @@ __all__ = ["Config", "Newsletter", "ScheduleSpec", "Settings", "load", "read_sec
 BUNDLED_TEMPLATES = Path(__file__).parent / "starter" / "templates"
 # Settings field → environment variable; these never come from YAML (files end up in git).
 SECRETS = {"secret_key": "MAILER_SECRET_KEY", "smtp_password": "MAILER_SMTP_PASSWORD",
-           "dkim_key": "MAILER_DKIM_KEY"}
+           "dkim_key": "MAILER_DKIM_KEY", "metrics_token": "MAILER_METRICS_TOKEN"}
 _NOT_YAML_KEYS = {"id", *SECRETS}
 def _root(info: ValidationInfo) -> Path:
     return Path((info.context or {}).get("root") or Path.cwd())
@@ -63,6 +64,8 @@ class Settings(BaseModel):
     secret_key: SecretStr | None = None
     smtp_password: SecretStr | None = None
     dkim_key: SecretStr | None = None
+    # GET /metrics for `Authorization: Bearer <token>` only; unset: for loopback clients only.
+    metrics_token: SecretStr | None = None
     dkim_selector: str | None = None
     dkim_domain: str | None = None
     confirm_token_days: int = Field(7, ge=1)
@@ -75,6 +78,9 @@ class Settings(BaseModel):
     error_window: int = Field(50, ge=1)
     check_deliverability: bool = False
     subscribe_rate_per_minute: int = Field(10, ge=0)
+    # Reverse proxies whose X-Forwarded-For names the client (addresses or networks);
+    # anyone else's is ignored, or a changing header would pass the rate limit.
+    trusted_proxies: tuple[str, ...] = ()
     test_now: datetime | None = None
     log_json: bool = False
     # `mailer run`: seconds in-flight SMTP transactions get after SIGTERM/SIGINT; how late a
@@ -139,6 +145,23 @@ class Settings(BaseModel):
     @classmethod
     def _aware_test_now(cls, value: datetime | None) -> datetime | None:
         return value.replace(tzinfo=UTC) if value and value.tzinfo is None else value
+
+    @field_validator("trusted_proxies", mode="before")
+    @classmethod
+    def _proxy_list(cls, value: Any) -> Any:
+        # MAILER_TRUSTED_PROXIES="10.0.0.1, 10.1.0.0/16": the environment gives one string.
+        return [p for p in re.split(r"[\s,]+", value) if p] if isinstance(value, str) else value
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _valid_proxies(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for proxy in value:
+            try:  # what uvicorn accepts; it would take anything else as a name never matched
+                ipaddress.ip_network(proxy)
+            except ValueError:
+                raise ValueError(f"expected IP addresses or networks like 10.0.0.1 or "
+                                 f"10.0.0.0/8 (no host bits after the /), got {proxy!r}") from None
+        return value
 
     @model_validator(mode="after")
     def _dkim_complete(self) -> Settings:

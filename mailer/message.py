@@ -137,6 +137,27 @@ def build_message(
     return msg
 
 
+def build_notice(sender: str, /, *, to_email: str, subject: str, text: str, html: str,
+                 date: datetime) -> EmailMessage:
+    """A one-off message of the list to one address (the double opt-in email), its headers
+    written by the same rules as an issue's.
+
+    Raises:
+        InputError: a sender, address or subject no header can carry as it is.
+    """
+    msg = EmailMessage(policy=_POLICY)
+    _set_line(msg, _author_mailbox("From", sender, "from"))
+    _set_line(msg, mailbox_header("To", "", to_email, name_field="name", address_field="to"))
+    msg.set_raw("Subject", Header(_no_newlines(subject, "subject"), "utf-8",
+                                  header_name="Subject").encode(linesep="\r\n"))
+    msg["Date"] = format_datetime(date)
+    msg["Message-ID"] = message_id(parseaddr(sender)[1].rpartition("@")[2] or "localhost")
+    msg["Auto-Submitted"] = "auto-generated"  # RFC 3834: no vacation replies to this
+    msg.set_content(text, subtype="plain", charset="utf-8")
+    msg.add_alternative(html, subtype="html", charset="utf-8")
+    return msg
+
+
 # -- the fast path: encode once per issue, splice per recipient ---------------------------------
 
 _BOUNDARY_ALPHABET = "0123456789abcdefghijklmnopqrstuvwxyz"

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import enum
+import hmac
+import ipaddress
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
@@ -27,6 +30,38 @@ SEND_DURATION_BUCKETS = (1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 1800.0, 3600.0, 720
 FINAL = (DeliveryStatus.SENT, DeliveryStatus.FAILED, DeliveryStatus.UNKNOWN,
          DeliveryStatus.SKIPPED)
 QUEUED = (DeliveryStatus.PENDING, DeliveryStatus.SENDING)
+
+
+class Access(enum.Enum):
+    ALLOWED = "allowed"
+    UNAUTHORIZED = "unauthorized"  # 401: a token is set and the request lacks it
+    FORBIDDEN = "forbidden"  # 403: no token is set and the client is not on loopback
+
+
+def access(token: str | None, *, authorization: str | None, peer: str | None) -> Access:
+    """Who may read the metrics: with a token set, only its bearer (RFC 6750), wherever
+    they are; without one, only clients on loopback. The per-state subscriber counts
+    change with each sign-up, so a public scrape would tell who is on a list."""
+    if token is not None:
+        scheme, _, given = (authorization or "").strip().partition(" ")
+        # compare_digest: the time taken tells nothing of how much of a guess was right.
+        if scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(),
+                                                              token.encode()):
+            return Access.ALLOWED
+        return Access.UNAUTHORIZED
+    return Access.ALLOWED if is_loopback(peer) else Access.FORBIDDEN
+
+
+def is_loopback(host: str | None) -> bool:
+    """True for 127.0.0.0/8 and ::1 (also IPv4-mapped, ::ffff:127.0.0.1); False for
+    anything else, a name or no address at all (a Unix socket may be a proxy's)."""
+    try:
+        address = ipaddress.ip_address(host or "")
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return address.is_loopback
 
 
 @dataclass(frozen=True)

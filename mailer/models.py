@@ -16,6 +16,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -122,8 +123,14 @@ class Subscription(Base):
     confirmed_at: Mapped[datetime | None]
     unsubscribed_at: Mapped[datetime | None]
     bounced_at: Mapped[datetime | None]
+    # When a sign-up last claimed the confirmation email (it goes out at most so often),
+    # and whether it is still on its way: after a crash the next sign-up sends it again.
     confirm_sent_at: Mapped[datetime | None]
+    confirm_unsent: Mapped[bool] = mapped_column(default=False, server_default=false())
     hard_bounces: Mapped[int] = mapped_column(Integer, default=0)
+    # Carried in confirmation links and bumped whenever the subscription ends or a new
+    # pending period starts: a link mailed before that confirms nothing afterwards.
+    token_generation: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
     def __repr__(self) -> str:
         return (f"Subscription(id={self.id!r}, newsletter={self.newsletter!r}, "

@@ -3,21 +3,19 @@
 from __future__ import annotations
 
 import asyncio
-import csv
 import logging
 import unicodedata
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from email.message import EmailMessage
-from email.utils import format_datetime
+from email.utils import parseaddr
 from pathlib import Path
 
-from mailer import render, tokens
+from mailer import csvcells, render, tokens
 from mailer.addresses import clean_name, normalize_email
 from mailer.config import Config, Newsletter
 from mailer.errors import MailerError, SubscriberError, TokenError
 from mailer.keys import token_key
-from mailer.message import message_id
+from mailer.message import build_notice
 from mailer.models import Subscription, SubscriptionStatus, utcnow
 from mailer.sender import send_one
 from mailer.store import Store
@@ -27,68 +25,82 @@ log = logging.getLogger("mailer.subscriptions")
 MAX_IMPORT_ERRORS_SHOWN = 20
 
 
-def read_csv(path: Path) -> list[tuple[str, str]]:
-    """Rows (email, name) of an import file with columns `email[,name]` (a header is optional).
+def read_csv(path: Path, *, confirmed: bool = False) -> list[tuple[str, str]]:
+    """Rows (email, name) of an import file: columns `email[,name]` (a header is optional),
+    or an export (its status is checked; its dates are the old list's). Cells the export
+    quoted against spreadsheet formulas (`'=…`) read back as exported. Read line by line:
+    a row over csvcells.MAX_RECORD_CHARS stops it there.
 
     Raises:
-        SubscriberError: naming every bad row by line number; nothing is returned then.
+        SubscriberError: naming every bad row by line number, or the line where the file
+            stops being CSV (or UTF-8); nothing is returned then.
     """
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise SubscriberError(f"cannot read: {exc}", file=str(path)) from None
     rows: list[tuple[str, str]] = []
     problems: list[str] = []
+    bad = 0
     seen: set[str] = set()
-    reader = csv.reader(text.splitlines())
-    for cells in reader:
-        line = reader.line_num
-        if not cells or all(not c.strip() for c in cells):
-            continue
-        if line == 1 and cells[0].strip().lower() in ("email", "e-mail", "address"):
-            continue
-        if len(cells) > 2:
-            problems.append(f"line {line}: expected email[,name], got {len(cells)} columns")
-            continue
-        try:
-            email = normalize_email(cells[0])
-            name = clean_name(cells[1] if len(cells) > 1 else "")
-        except SubscriberError as exc:
-            problems.append(f"line {line}: {exc.message}")
-            continue
-        if email in seen:
-            continue
-        seen.add(email)
-        rows.append((email, name))
+    exported = False
+    try:
+        with path.open("rb") as binary:
+            for line, raw in csvcells.records(binary):
+                cells = [csvcells.unescape_cell(cell) for cell in raw]
+                if not cells or all(not c.strip() for c in cells):
+                    continue
+                if line == 1 and cells[0].strip().lower() in ("email", "e-mail", "address"):
+                    exported = tuple(c.strip().lower() for c in cells) == csvcells.EXPORT_HEADER
+                    continue
+                try:
+                    row = _import_row(cells, exported=exported, confirmed=confirmed)
+                except SubscriberError as exc:
+                    bad += 1
+                    if len(problems) < MAX_IMPORT_ERRORS_SHOWN:
+                        problems.append(f"line {line}: {exc.message}")
+                    continue
+                if row[0] not in seen:
+                    seen.add(row[0])
+                    rows.append(row)
+    except OSError as exc:
+        raise SubscriberError(f"cannot read: {exc}", file=str(path)) from None
+    except csvcells.CsvProblem as exc:
+        raise SubscriberError(f"{exc.message}; nothing imported", file=str(path),
+                              line=exc.line) from None
     if problems:
-        shown = problems[:MAX_IMPORT_ERRORS_SHOWN]
-        more = len(problems) - len(shown)
-        summary = "; ".join(shown) + (f"; and {more} more" if more else "")
-        raise SubscriberError(f"{len(problems)} bad row(s), nothing imported: {summary}",
-                              file=str(path))
+        more = bad - len(problems)
+        summary = "; ".join(problems) + (f"; and {more} more" if more else "")
+        raise SubscriberError(f"{bad} bad row(s), nothing imported: {summary}", file=str(path))
     return rows
 
 
-def confirm_url(config: Config, key: str, subscription_id: int) -> str:
-    return f"{config.settings.base_url}/confirm/{tokens.confirm_token(key, subscription_id)}"
+def _import_row(cells: list[str], *, exported: bool, confirmed: bool) -> tuple[str, str]:
+    columns = len(csvcells.EXPORT_HEADER) if exported else 2
+    if len(cells) > columns:
+        expected = ",".join(csvcells.EXPORT_HEADER) if exported else "email[,name]"
+        raise SubscriberError(f"expected {expected}, got {len(cells)} columns")
+    status = cells[2].strip() if exported and len(cells) > 2 else ""
+    # Taking in an export must not undo what its list recorded: whoever left, bounced or
+    # complained stays out, and --confirmed does not confirm someone who never did.
+    allowed = ("confirmed",) if confirmed else ("pending", "confirmed")
+    if status and status not in allowed:
+        raise SubscriberError(f"status {status!r}: an import with{'' if confirmed else 'out'} "
+                              f"--confirmed takes only {' or '.join(allowed)} rows of an "
+                              "export (export with --status confirmed)")
+    return normalize_email(cells[0]), clean_name(cells[1] if len(cells) > 1 else "")
+
+
+def confirm_url(config: Config, key: str, subscription_id: int, generation: int) -> str:
+    token = tokens.confirm_token(key, subscription_id, generation)
+    return f"{config.settings.base_url}/confirm/{token}"
 
 
 async def send_confirmation(config: Config, newsletter: Newsletter, email: str,
-                            subscription_id: int) -> None:
+                            subscription_id: int, *, generation: int) -> None:
     """Email the double opt-in link to the address that asked to subscribe."""
-    url = confirm_url(config, token_key(config.settings), subscription_id)
+    url = confirm_url(config, token_key(config.settings), subscription_id, generation)
     subject, html, text = render.render_confirm(newsletter, config.settings, confirm_url=url,
                                                 templates_dir=config.templates_dir)
-    msg = EmailMessage()
-    msg["From"] = newsletter.sender
-    msg["To"] = email
-    msg["Subject"] = subject
-    msg["Date"] = format_datetime(utcnow())
-    sender_address = msg["From"].addresses[0].addr_spec
-    msg["Message-ID"] = message_id(sender_address.rpartition("@")[2])
-    msg["Auto-Submitted"] = "auto-generated"  # RFC 3834: no vacation replies to this
-    msg.set_content(text)
-    msg.add_alternative(html, subtype="html")
+    msg = build_notice(newsletter.sender, to_email=email, subject=subject, text=text, html=html,
+                       date=utcnow())
+    sender_address = parseaddr(newsletter.sender)[1]
     await send_one(config, sender_address, email, msg.as_bytes())
 
 
@@ -103,7 +115,8 @@ async def add(config: Config, store: Store, newsletter: Newsletter, raw_email: s
     sub = await store.add_subscriber(email, newsletter=newsletter.id, name=clean_name(name),
                                      confirmed=confirmed)
     if sub.status == SubscriptionStatus.PENDING:
-        await send_confirmation(config, newsletter, email, sub.id)
+        await send_confirmation(config, newsletter, email, sub.id,
+                                generation=sub.token_generation)
         await store.mark_confirm_sent(sub.id)
         return f"{email} is pending on {newsletter.id}: a confirmation email was sent"
     return f"{email} is {sub.status.value} on {newsletter.id}"
@@ -118,13 +131,17 @@ def confirm_max_age(config: Config) -> timedelta:
 # A pending address gets its confirmation email again when it signs up again, but never
 # more often than this: the form must not become a way to flood a stranger's inbox.
 CONFIRM_RESEND_INTERVAL = timedelta(minutes=10)
+# A confirmation email claimed but never reported sent (the process died on the way) is
+# due again after this: longer than a send to a slow relay takes, shorter than the above.
+CONFIRM_UNSENT_LEASE = timedelta(minutes=2)
 
 
 @dataclass(frozen=True, slots=True)
 class ConfirmationDue:
-    """A confirmation email that one sign-up won the right to send (see claim_confirm_email)."""
+    """A confirmation email that one sign-up won the right to send (see Store.sign_up)."""
 
     subscription_id: int
+    generation: int
     email: str
     claimed_at: datetime
 
@@ -135,8 +152,10 @@ async def subscribe(config: Config, store: Store, newsletter: Newsletter, raw_em
 
     New, pending, unsubscribed and bounced addresses end up pending; a confirmed one is
     left alone. Returns the confirmation email to send, or None when none is due (already
-    confirmed, or one went out less than CONFIRM_RESEND_INTERVAL ago). Callers answer the
-    same either way, so the answer never tells whether an address is on the list.
+    confirmed, or one went out less than CONFIRM_RESEND_INTERVAL ago). The database work
+    is the same whichever it is, and callers answer the same either way (and send the
+    email after answering), so neither the answer nor its timing tells whether an
+    address is on the list.
 
     Raises:
         SubscriberError: the address or name is not usable; nothing was stored.
@@ -155,13 +174,13 @@ async def subscribe(config: Config, store: Store, newsletter: Newsletter, raw_em
     # and a lone surrogate (valid in JSON, "\ud800") cannot even be stored as UTF-8.
     if any(unicodedata.category(c) in ("Cc", "Cs") for c in name):
         raise SubscriberError("a name may not contain control characters", field="name")
-    sub = await store.request_subscription(email, newsletter=newsletter.id, name=name)
-    if sub.status != SubscriptionStatus.PENDING:
-        return None
     now = now or utcnow()
-    if not await store.claim_confirm_email(sub.id, now=now, every=CONFIRM_RESEND_INTERVAL):
+    signed = await store.sign_up(email, newsletter=newsletter.id, name=name, now=now,
+                                 every=CONFIRM_RESEND_INTERVAL, lease=CONFIRM_UNSENT_LEASE)
+    if not signed.claimed:
         return None
-    return ConfirmationDue(subscription_id=sub.id, email=email, claimed_at=now)
+    return ConfirmationDue(subscription_id=signed.subscription_id,
+                           generation=signed.generation, email=email, claimed_at=now)
 
 
 # Scripts whose letters pass for each other (Latin a, Cyrillic а, Greek α): one domain label
@@ -192,12 +211,14 @@ async def deliver_confirmation(config: Config, store: Store, newsletter: Newslet
     back: the next sign-up of the address sends the email instead of waiting.
     """
     try:
-        await send_confirmation(config, newsletter, due.email, due.subscription_id)
+        await send_confirmation(config, newsletter, due.email, due.subscription_id,
+                                generation=due.generation)
     except MailerError as exc:
         log.error("confirmation email for subscription %d not sent: %s", due.subscription_id,
                   exc)
         await store.release_confirm_email(due.subscription_id, claimed_at=due.claimed_at)
         return False
+    await store.confirm_email_sent(due.subscription_id, claimed_at=due.claimed_at)
     log.info("confirmation email sent for subscription %d", due.subscription_id)
     return True
 
@@ -208,16 +229,32 @@ async def confirm(config: Config, store: Store, token: str, *, now: datetime | N
 
     Raises:
         TokenError: the link is forged, expired or for something else, or its subscription
-            is gone or ended after the link was sent; nothing was changed.
+            is gone, or ended or started over after the link was sent; nothing was changed.
     """
-    subscription_id = tokens.read_confirm_token(token_key(config.settings), token,
-                                                max_age=confirm_max_age(config))
-    sub = await store.confirm_subscription(subscription_id, now=now or utcnow())
+    link = tokens.read_confirm_link(token_key(config.settings), token,
+                                    max_age=confirm_max_age(config))
+    sub = await store.confirm_subscription(link.subscription_id, generation=link.generation,
+                                           now=now or utcnow())
     if sub is None:
         raise TokenError("this confirmation link is not valid any more; please subscribe again")
-    if sub.status != SubscriptionStatus.CONFIRMED:
+    if sub.status != SubscriptionStatus.CONFIRMED or sub.token_generation != link.generation:
         raise TokenError("this confirmation link is not valid any more: the subscription "
                          "ended after it was sent; please subscribe again")
+    return sub
+
+
+async def find_by_confirm_token(config: Config, store: Store, token: str) -> Subscription:
+    """The subscription a confirmation link is for, changing nothing (a scanner's GET).
+
+    Raises:
+        TokenError: the link is forged, expired or for something else, or its subscription
+            is gone or started over after the link was sent.
+    """
+    link = tokens.read_confirm_link(token_key(config.settings), token,
+                                    max_age=confirm_max_age(config))
+    sub = await store.subscription(link.subscription_id)
+    if sub is None or sub.token_generation != link.generation:
+        raise TokenError("this confirmation link is not valid any more; please subscribe again")
     return sub
 
 
@@ -265,5 +302,5 @@ async def resubscribe(config: Config, store: Store, token: str, *, now: datetime
 
 
 __all__ = ["ConfirmationDue", "Subscription", "add", "confirm", "deliver_confirmation",
-           "find_by_unsubscribe_token", "read_csv", "resubscribe", "send_confirmation",
-           "subscribe", "unsubscribe"]
+           "find_by_confirm_token", "find_by_unsubscribe_token", "read_csv", "resubscribe",
+           "send_confirmation", "subscribe", "unsubscribe"]

@@ -6,7 +6,9 @@ import functools
 import hashlib
 import hmac
 import re
+from dataclasses import dataclass
 from datetime import timedelta
+from typing import TypeGuard
 
 from itsdangerous import BadData, SignatureExpired, URLSafeSerializer, URLSafeTimedSerializer
 from itsdangerous.encoding import base64_decode, base64_encode
@@ -83,19 +85,32 @@ def read_unsubscribe_token(secret_key: str, token: str) -> int:
         value = _unsubscribe_serializer(secret_key).loads(token)
     except BadData:
         raise TokenError("this unsubscribe link is not valid") from None
-    if not isinstance(value, int) or isinstance(value, bool):
+    if not _is_int(value):
         raise TokenError("this unsubscribe link is not valid")
     return value
 
 
-def confirm_token(secret_key: str, subscription_id: int) -> str:
-    """The token in a double opt-in confirmation link; it carries its signing time."""
-    return str(_confirm_serializer(secret_key)
-               .dumps(subscription_id))
+@dataclass(frozen=True, slots=True)
+class ConfirmLink:
+    """What a confirmation token says: the subscription, and its token generation then."""
+
+    subscription_id: int
+    generation: int
 
 
-def read_confirm_token(secret_key: str, token: str, *, max_age: timedelta) -> int:
-    """The subscription id a confirmation token was made for, if it is younger than max_age.
+def confirm_token(secret_key: str, subscription_id: int, generation: int = 0) -> str:
+    """The token in a double opt-in confirmation link; it carries its signing time.
+
+    Generation 0 signs the bare id, exactly as tokens were made before generations
+    existed, so links already mailed read back the same; later ones sign [id, generation].
+    """
+    payload: int | list[int] = [subscription_id, generation] if generation else subscription_id
+    return str(_confirm_serializer(secret_key).dumps(payload))
+
+
+def read_confirm_link(secret_key: str, token: str, *, max_age: timedelta) -> ConfirmLink:
+    """The subscription and generation a confirmation token was made for, if it is younger
+    than max_age.
 
     Raises:
         TokenError: forged, made for another purpose, or expired.
@@ -108,6 +123,23 @@ def read_confirm_token(secret_key: str, token: str, *, max_age: timedelta) -> in
         raise TokenError("this confirmation link has expired; please subscribe again") from None
     except BadData:
         raise TokenError("this confirmation link is not valid") from None
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise TokenError("this confirmation link is not valid")
-    return value
+    if _is_int(value):
+        return ConfirmLink(value, 0)
+    # [id, 0] is never made (generation 0 signs the bare id): one spelling per link.
+    if isinstance(value, list) and len(value) == 2 and all(map(_is_int, value)) \
+            and value[1] > 0:
+        return ConfirmLink(value[0], value[1])
+    raise TokenError("this confirmation link is not valid")
+
+
+def read_confirm_token(secret_key: str, token: str, *, max_age: timedelta) -> int:
+    """The subscription id a confirmation token was made for, if it is younger than max_age.
+
+    Raises:
+        TokenError: forged, made for another purpose, or expired.
+    """
+    return read_confirm_link(secret_key, token, max_age=max_age).subscription_id
+
+
+def _is_int(value: object) -> TypeGuard[int]:
+    return isinstance(value, int) and not isinstance(value, bool)

@@ -9,12 +9,10 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import signal
-import threading
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
-import uvicorn
+from markupsafe import Markup
 from starlette.applications import Starlette
 from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException
@@ -22,10 +20,13 @@ from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
 
 from mailer import metrics, render, subscriptions
 from mailer.config import Config, Newsletter
+from mailer.confirmations import ConfirmationQueue
 from mailer.guards import MAX_BODY, RateLimiter, SecurityHeaders, read_body, read_fields
+from mailer.httpserver import SignalServer, server_config
 from mailer.models import SubscriptionStatus
 from mailer.pages import EXCEPTION_HANDLERS, page, wants_json
 from mailer.store import Store
@@ -33,6 +34,9 @@ from mailer.store import Store
 log = logging.getLogger("mailer.web")
 
 HONEYPOT = "website"  # the form field only bots fill in
+# Submits the confirm page's form as it loads: a person sees "subscribed" without a click,
+# while a mail scanner that only GETs the link confirms nothing. Its CSP allows this script.
+CONFIRM_SCRIPT = "document.forms.confirm.submit();"
 
 __all__ = ["HONEYPOT", "MAX_BODY", "create_app", "routes", "serve"]
 
@@ -87,9 +91,11 @@ async def subscribe(request: Request) -> Response:
         due = await subscriptions.subscribe(config, store, newsletter, fields.get("email", ""),
                                             name=fields.get("name", ""))
         if due is not None:
-            # After the answer: its timing must not tell a new address from a known one.
-            background = BackgroundTask(subscriptions.deliver_confirmation, config, store,
-                                        newsletter, due)
+            # Queued once the answer is out, for the app's own tasks to send: neither the
+            # answer's timing nor its connection may wait for the email, or they would
+            # tell a new address from a known one.
+            queue: ConfirmationQueue = request.app.state.confirmations
+            background = BackgroundTask(queue.put, config, store, newsletter, due)
     # The same answer for a new, pending or confirmed address (and a bot): no enumeration.
     if wants_json(request):
         return JSONResponse({"status": "ok", "message": "check your inbox to confirm"},
@@ -98,9 +104,29 @@ async def subscribe(request: Request) -> Response:
                 background=background)
 
 
-async def confirm(request: Request) -> Response:
-    """GET /confirm/{token}: the double opt-in link; 400 when forged, expired or stale."""
+async def confirm_page(request: Request) -> Response:
+    """GET /confirm/{token}: the double opt-in link, a page whose form confirms; changes
+    nothing. 400 when the link is forged or expired, or its subscription is gone."""
     config = _config(request)
+    token = request.path_params["token"]
+    sub = await subscriptions.find_by_confirm_token(config, _store(request), token)
+    newsletter = _known(config, sub.newsletter)
+    if wants_json(request):
+        return JSONResponse({"status": sub.status.value, "newsletter": sub.newsletter})
+    if sub.status == SubscriptionStatus.CONFIRMED:  # opened again: nothing left to do
+        return page(request, "confirmed", title="Subscribed", newsletter=newsletter,
+                    resubscribed=False)
+    # Any other state is for the POST to judge, as for a click without the script.
+    response = page(request, "confirm", title="Confirm", newsletter=newsletter, token=token,
+                    script=Markup(CONFIRM_SCRIPT))
+    response.headers["content-security-policy"] = SecurityHeaders.csp_allowing(CONFIRM_SCRIPT)
+    return response
+
+
+async def confirm(request: Request) -> Response:
+    """POST /confirm/{token}: confirm, idempotent; 400 when forged, expired or stale."""
+    config = _config(request)
+    await read_body(request)  # the form sends nothing; whatever came is capped and dropped
     sub = await subscriptions.confirm(config, _store(request), request.path_params["token"])
     newsletter = _known(config, sub.newsletter)
     if wants_json(request):
@@ -171,46 +197,55 @@ async def healthz(request: Request) -> Response:
 
 
 async def metrics_text(request: Request) -> Response:
-    """GET /metrics: Prometheus text, counted in the database now."""
+    """GET /metrics: Prometheus text, counted in the database now; for the bearer of
+    MAILER_METRICS_TOKEN, or without one for loopback clients only."""
     config = _config(request)
+    token = config.settings.metrics_token
+    # The socket's peer, never X-Forwarded-For: a header is whatever the client says.
+    verdict = metrics.access(token.get_secret_value() if token else None,
+                             authorization=request.headers.get("authorization"),
+                             peer=request.client.host if request.client else None)
+    if verdict == metrics.Access.UNAUTHORIZED:
+        raise HTTPException(401, "metrics need the bearer token (MAILER_METRICS_TOKEN)",
+                            headers={"WWW-Authenticate": "Bearer"})
+    if verdict == metrics.Access.FORBIDDEN:
+        raise HTTPException(403, "metrics are served to loopback clients only (set "
+                                 "MAILER_METRICS_TOKEN to allow others)")
     body = await metrics.exposition(_store(request), config.newsletters)
     return Response(body, media_type=metrics.CONTENT_TYPE)
 
 
+class Resource(Route):
+    """One path with a handler per method (HEAD answered as GET). A 405 names all of them,
+    in a steady order: two Routes for one path would each name only their own."""
+
+    def __init__(self, path: str, *, name: str,
+                 **handlers: Callable[[Request], Awaitable[Response]]) -> None:
+        async def by_method(request: Request) -> Response:
+            return await handlers["GET" if request.method == "HEAD" else request.method](request)
+
+        super().__init__(path, by_method, methods=list(handlers), name=name)
+        self.allow = ", ".join(sorted(self.methods or ()))
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["method"] not in (self.methods or ()):
+            raise HTTPException(405, headers={"Allow": self.allow})
+        await super().handle(scope, receive, send)
+
+
 routes = [
-    Route("/subscribe/{newsletter}", subscribe_form, methods=["GET"], name="subscribe_form"),
-    Route("/subscribe/{newsletter}", subscribe, methods=["POST"], name="subscribe"),
-    Route("/confirm/{token}", confirm, methods=["GET"], name="confirm"),
-    Route("/unsubscribe/{token}", unsubscribe_page, methods=["GET"], name="unsubscribe_page"),
-    Route("/unsubscribe/{token}", unsubscribe, methods=["POST"], name="unsubscribe"),
-    Route("/resubscribe/{token}", resubscribe, methods=["POST"], name="resubscribe"),
-    Route("/issues/{newsletter}", archive, methods=["GET"], name="archive"),
-    Route("/issues/{newsletter}/{slug}", issue, methods=["GET"], name="issue"),
-    Route("/healthz", healthz, methods=["GET"], name="healthz"),
-    Route("/metrics", metrics_text, methods=["GET"], name="metrics"),
+    Resource("/subscribe/{newsletter}", name="subscribe", GET=subscribe_form, POST=subscribe),
+    Resource("/confirm/{token}", name="confirm", GET=confirm_page, POST=confirm),
+    Resource("/unsubscribe/{token}", name="unsubscribe", GET=unsubscribe_page, POST=unsubscribe),
+    Resource("/resubscribe/{token}", name="resubscribe", POST=resubscribe),
+    Resource("/issues/{newsletter}", name="archive", GET=archive),
+    Resource("/issues/{newsletter}/{slug}", name="issue", GET=issue),
+    Resource("/healthz", name="healthz", GET=healthz),
+    Resource("/metrics", name="metrics", GET=metrics_text),
 ]
 
 
 # -- the app and `mailer serve` ---------------------------------------------------------------
-
-
-class _Server(uvicorn.Server):
-    """uvicorn's server, except that after a graceful stop on SIGTERM/SIGINT it returns
-    instead of raising the signal again (which would kill the process before the store is
-    closed, and exit with -15 instead of 0)."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        if threading.current_thread() is not threading.main_thread():
-            yield  # signals reach the main thread only
-            return
-        previous = {sig: signal.signal(sig, self.handle_exit)
-                    for sig in (signal.SIGINT, signal.SIGTERM)}
-        try:
-            yield
-        finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
 
 
 async def serve(config: Config, *, host: str | None = None, port: int | None = None) -> None:
@@ -221,9 +256,9 @@ async def serve(config: Config, *, host: str | None = None, port: int | None = N
     """
     store = await Store.open(config.settings.database_url)
     try:
-        await _Server(uvicorn.Config(
-            create_app(config, store=store), host=host or config.settings.host,
-            port=config.settings.port if port is None else port, ws="none", log_level="info",
+        await SignalServer(server_config(
+            create_app(config, store=store), config.settings, host=host or config.settings.host,
+            port=config.settings.port if port is None else port, log_level="info",
         )).serve()
     finally:
         await store.close()
@@ -235,20 +270,22 @@ def create_app(config: Config, *, store: Store | None = None) -> Starlette:
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        if store is not None:
+        async with contextlib.AsyncExitStack() as stack:
+            if store is None:
+                own = await Store.open(app.state.config.settings.database_url)
+                app.state.store = own
+                stack.push_async_callback(own.close)
+            # Left first: unsent confirmation emails are given back while the store is open.
+            await stack.enter_async_context(app.state.confirmations)
             yield
-            return
-        own = await Store.open(app.state.config.settings.database_url)
-        app.state.store = own
-        try:
-            yield
-        finally:
-            await own.close()
 
     app = Starlette(routes=routes, lifespan=lifespan, middleware=[Middleware(SecurityHeaders)],
                     exception_handlers=EXCEPTION_HANDLERS)
+    # Its redirect to the path with(out) a slash is built from the Host header: another site.
+    app.router.redirect_slashes = False
     app.state.config = config
     app.state.limiter = RateLimiter()
+    app.state.confirmations = ConfirmationQueue()
     if store is not None:
         app.state.store = store
     return app

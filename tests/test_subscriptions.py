@@ -8,11 +8,12 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from sqlalchemy import update
 
 from mailer import subscriptions, tokens
 from mailer.config import Config
 from mailer.errors import SubscriberError, TokenError
-from mailer.models import SubscriptionStatus
+from mailer.models import Subscription, SubscriptionStatus
 from mailer.store import Store
 from tests.conftest import Project
 from tests.smtpd import RecordingServer
@@ -278,3 +279,53 @@ async def test_a_token_for_one_subscriber_never_touches_another(
     assert await status_of(store, "alan@example.org") == SubscriptionStatus.CONFIRMED
     assert await status_of(store, "bob@example.org") == SubscriptionStatus.PENDING
     assert grace.id != ada.id and bob.id != alan.id
+
+
+async def test_a_confirmation_email_lost_with_the_process_is_sent_by_a_sign_up_after_the_lease(
+    config: Config, store: Store, smtpd: RecordingServer,
+) -> None:
+    newsletter = config.newsletter("ml-issues")
+    # Claimed, then the process died before the relay had it: the row says it is unsent.
+    lost = await subscriptions.subscribe(config, store, newsletter, "ada@example.com", now=T0)
+    assert lost is not None
+    lease = subscriptions.CONFIRM_UNSENT_LEASE
+
+    assert not await sign_up(config, store, "ada@example.com", now=T0 + lease / 2)
+    assert await sign_up(config, store, "ada@example.com", now=T0 + lease)
+    # Sent this time: the ten-minute rule holds again.
+    assert not await sign_up(config, store, "ada@example.com", now=T0 + 2 * lease)
+    assert len(confirm_links(smtpd, "ada@example.com")) == 1
+
+
+async def test_every_confirmation_link_of_one_pending_period_confirms(
+    config: Config, store: Store, smtpd: RecordingServer,
+) -> None:
+    assert await sign_up(config, store, "ada@example.com", now=T0)
+    assert await sign_up(config, store, "ada@example.com", now=T0 + timedelta(minutes=10))
+    first, second = confirm_links(smtpd, "ada@example.com")
+
+    assert (await subscriptions.confirm(config, store, first.rsplit("/", 1)[1])).status \
+        == SubscriptionStatus.CONFIRMED
+    assert (await subscriptions.confirm(config, store, second.rsplit("/", 1)[1])).status \
+        == SubscriptionStatus.CONFIRMED
+
+
+async def test_a_confirmation_link_from_before_a_bounce_does_not_confirm_the_next_sign_up(
+    config: Config, store: Store, smtpd: RecordingServer,
+) -> None:
+    assert await sign_up(config, store, "ada@example.com", now=T0)
+    [old] = confirm_links(smtpd, "ada@example.com")
+    await subscriptions.confirm(config, store, old.rsplit("/", 1)[1])
+    sub = await store.subscription_of("ada@example.com", "ml-issues")
+    assert sub is not None
+    async with store.session.begin() as s:  # what a hard bounce of an issue does (journal)
+        await s.execute(update(Subscription).where(Subscription.id == sub.id)
+                        .values(status=SubscriptionStatus.BOUNCED, bounced_at=T0))
+
+    assert await sign_up(config, store, "ada@example.com", now=T0 + timedelta(days=1))
+    with pytest.raises(TokenError, match="not valid any more"):
+        await subscriptions.confirm(config, store, old.rsplit("/", 1)[1])
+    assert await status_of(store, "ada@example.com") == SubscriptionStatus.PENDING
+    [_, new] = confirm_links(smtpd, "ada@example.com")
+    await subscriptions.confirm(config, store, new.rsplit("/", 1)[1])
+    assert await status_of(store, "ada@example.com") == SubscriptionStatus.CONFIRMED

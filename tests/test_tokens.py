@@ -37,11 +37,16 @@ def read_confirm(secret_key: str, token: str) -> int:
     return tokens.read_confirm_token(secret_key, token, max_age=MAX_AGE)
 
 
+def confirm_token_of_generation_3(secret_key: str, subscription_id: int) -> str:
+    return tokens.confirm_token(secret_key, subscription_id, 3)
+
+
 KINDS: list[tuple[Make, Read]] = [
     (tokens.unsubscribe_token, tokens.read_unsubscribe_token),
     (tokens.confirm_token, read_confirm),
+    (confirm_token_of_generation_3, read_confirm),
 ]
-KIND_IDS = ["unsubscribe", "confirm"]
+KIND_IDS = ["unsubscribe", "confirm", "confirm-generation"]
 kinds = pytest.mark.parametrize(("make", "read"), KINDS, ids=KIND_IDS)
 
 
@@ -98,6 +103,39 @@ def test_unsubscribe_links_already_mailed_keep_working_after_an_upgrade() -> Non
     mailed = "NDI.SaazCVg3A15xBs8rF_Cyah7MNn47oq1wy8LowuaLPFk"
     assert tokens.unsubscribe_token("pinned-key", 42) == mailed
     assert tokens.read_unsubscribe_token("pinned-key", mailed) == 42
+
+
+@pytest.mark.parametrize("generation", [0, 1, 7, 2**31 - 1])
+def test_a_confirm_token_reads_back_with_the_token_generation_it_was_made_in(
+    generation: int,
+) -> None:
+    link = tokens.read_confirm_link(KEY, tokens.confirm_token(KEY, 42, generation),
+                                    max_age=MAX_AGE)
+
+    assert (link.subscription_id, link.generation) == (42, generation)
+
+
+def test_confirmation_links_mailed_before_generations_existed_read_as_generation_0() -> None:
+    # What earlier versions mailed: the bare id, signed. Such links must keep working for
+    # subscriptions still in their first generation.
+    mailed = confirm_token_signed_at(KEY, 42, datetime.now(UTC))
+
+    link = tokens.read_confirm_link(KEY, mailed, max_age=MAX_AGE)
+
+    assert (link.subscription_id, link.generation) == (42, 0)
+    assert tokens.confirm_token(KEY, 42).split(".")[0] == mailed.split(".")[0]
+
+
+@pytest.mark.parametrize("payload", [[42, 0], [42, -1], [42, True], [42, 1, 2], [42, "1"],
+                                     ["42", 1], [None, 1], [42.0, 1]])
+def test_a_signed_confirm_payload_that_is_not_an_id_and_a_later_generation_is_rejected(
+    payload: list[object],
+) -> None:
+    forged = URLSafeTimedSerializer(KEY, salt=CONFIRM_SALT,
+                                    signer_kwargs=SIGNER_KWARGS).dumps(payload)
+
+    with pytest.raises(TokenError, match="not valid"):
+        tokens.read_confirm_link(KEY, str(forged), max_age=MAX_AGE)
 
 
 # -- tampering ----------------------------------------------------------------------------------

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import io
 import json
 import os
@@ -36,6 +38,7 @@ from mailer.web import HONEYPOT, MAX_BODY, create_app
 from tests.conftest import Project
 from tests.smtpd import RecordingServer, ServerThread
 from tests.test_tokens import confirm_token_signed_at
+from tests.tools import Listening, serving
 
 KEY = "test-key"  # what Project.configure puts in MAILER_SECRET_KEY
 NOW = datetime(2026, 12, 8, 9, 0, tzinfo=UTC)  # the sample issue is due
@@ -131,10 +134,23 @@ class Site:
 @pytest.fixture
 async def site(project: Project, store: Store, smtpd: RecordingServer,
                smtp_url_of: SmtpUrl) -> AsyncIterator[Site]:
-    config = project.configure(smtp_url=smtp_url_of(smtpd), subscribe_rate_per_minute=0)
-    transport = httpx.ASGITransport(app=create_app(config, store=store))
-    async with httpx.AsyncClient(transport=transport, base_url=config.settings.base_url) as c:
-        yield Site(project, config, store, c, smtpd)
+    # Real HTTP over a loopback socket: uvicorn as `mailer run` configures it, in this loop.
+    listening = Listening()
+    config = project.configure(smtp_url=smtp_url_of(smtpd), subscribe_rate_per_minute=0,
+                               base_url=listening.url)
+    app = create_app(config, store=store)
+    async with serving(app, listening, config.settings) as served:
+
+        async def settle(response: httpx.Response) -> None:
+            # An answer comes back with what the request set off done: the confirmation
+            # email the app sends after its answer has reached the SMTP server.
+            await response.aread()
+            await served.idle()
+            await app.state.confirmations.join()
+
+        async with httpx.AsyncClient(base_url=listening.url,
+                                     event_hooks={"response": [settle]}) as c:
+            yield Site(project, config, store, c, smtpd)
 
 
 def path_of(url: str) -> str:
@@ -175,7 +191,11 @@ async def test_subscribe_then_the_emailed_link_confirms_and_the_next_send_now_in
     assert "Check your inbox" in answer.text
     assert await site.status("ada@example.com") == SubscriptionStatus.PENDING
 
-    confirmed = await site.client.get(site.confirm_link("ada@example.com"))
+    link = site.confirm_link("ada@example.com")
+    opened = await site.client.get(link)
+    assert opened.status_code == 200 and "Confirm your subscription" in opened.text
+    assert await site.status("ada@example.com") == SubscriptionStatus.PENDING
+    confirmed = await site.client.post(link)
     assert confirmed.status_code == 200
     assert "You are subscribed" in confirmed.text
     assert await site.status("ada@example.com") == SubscriptionStatus.CONFIRMED
@@ -245,14 +265,70 @@ async def test_forged_expired_and_swapped_confirm_links_get_400_and_change_nothi
     before = await site.rows()
 
     for what, token in bad.items():
-        answer = await site.client.get(f"/confirm/{quote(token)}")
-        assert answer.status_code == 400, what
-        assert "This did not work" in answer.text, what
-        assert re.search(r"not valid|expired", answer.text), what
+        for method in ("GET", "POST"):
+            answer = await site.client.request(method, f"/confirm/{quote(token)}")
+            assert answer.status_code == 400, (method, what)
+            assert "This did not work" in answer.text, (method, what)
+            assert re.search(r"not valid|expired", answer.text), (method, what)
+            assert "<script" not in answer.text and "<form" not in answer.text, (method, what)
 
     assert await site.rows() == before
-    expired = await site.client.get(f"/confirm/{bad['expired']}")
-    assert "has expired; please subscribe again" in expired.text
+    for method in ("GET", "POST"):
+        expired = await site.client.request(method, f"/confirm/{bad['expired']}")
+        assert "has expired; please subscribe again" in expired.text
+
+
+async def test_opening_a_confirm_link_changes_nothing_and_its_form_posts_to_confirm(
+    site: Site,
+) -> None:
+    await site.sign_up("ada@example.com")
+    link = site.confirm_link("ada@example.com")
+
+    # What a mail scanner or a link preview does: GET and HEAD, any number of times.
+    opened = [await site.client.get(link) for _ in range(3)]
+    head = await site.client.head(link)
+    as_json = await site.client.get(link, headers={"accept": "application/json"})
+
+    assert [p.status_code for p in opened] == [200] * 3 and head.status_code == 200
+    assert as_json.json() == {"status": "pending", "newsletter": "ml-issues"}
+    assert await site.status("ada@example.com") == SubscriptionStatus.PENDING
+    html = opened[0].text
+    assert html.count("<form") == 1 and html.count("<button") == 1
+    assert f'<form id="confirm" method="post" action="{path_of(link)}">' in html
+    assert "Confirm your subscription" in html and "Machine Learning Issues" in html
+
+    first = await site.client.post(link)  # what the page's script (or its button) sends
+    when = await site.store.subscription_of("ada@example.com", "ml-issues")
+    again = await site.client.post(link, json={})
+    reopened = await site.client.get(link)
+
+    assert first.status_code == 200 and "You are subscribed" in first.text
+    assert again.json() == {"status": "confirmed", "newsletter": "ml-issues"}
+    assert reopened.status_code == 200 and "You are subscribed" in reopened.text
+    after = await site.store.subscription_of("ada@example.com", "ml-issues")
+    assert when is not None and after is not None
+    assert after.status == SubscriptionStatus.CONFIRMED
+    assert after.confirmed_at == when.confirmed_at  # idempotent: the first time stays
+
+
+async def test_the_confirm_page_allows_its_one_script_by_hash_and_no_other_page_any(
+    site: Site,
+) -> None:
+    await site.sign_up("ada@example.com")
+    link = site.confirm_link("ada@example.com")
+
+    opened = await site.client.get(link)
+    confirmed = await site.client.post(link)
+
+    [script] = re.findall(r"<script>(.*?)</script>", opened.text, re.S)
+    digest = base64.b64encode(hashlib.sha256(script.encode()).digest()).decode()
+    [csp] = opened.headers.get_list("content-security-policy")  # one policy, not two
+    assert csp.endswith(f"; script-src 'sha256-{digest}'")
+    assert "default-src 'none'" in csp and "form-action 'self'" in csp
+    assert "unsafe-inline" not in csp.split("script-src")[1]
+    assert "frame-ancestors 'none'" in csp
+    assert "script-src" not in confirmed.headers["content-security-policy"]
+    assert "<script" not in confirmed.text
 
 
 async def test_forged_and_swapped_unsubscribe_links_get_400_and_change_nothing(
@@ -343,7 +419,7 @@ async def test_a_token_for_one_subscriber_never_touches_another(site: Site) -> N
     await site.sign_up("bob@example.org")
 
     await site.client.post(f"/unsubscribe/{tokens.unsubscribe_token(KEY, ada_id)}")
-    await site.client.get(site.confirm_link("alan@example.org"))
+    await site.client.post(site.confirm_link("alan@example.org"))
 
     assert {r.email: r.status for r in await site.rows()} == {
         "ada@example.com": SubscriptionStatus.UNSUBSCRIBED,
@@ -372,7 +448,9 @@ async def test_the_unsubscribe_link_of_a_test_copy_answers_but_changes_nothing(
 async def test_no_page_ever_shows_a_subscribers_address(site: Site) -> None:
     email = "ada.private@example.com"
     await site.sign_up(email, name="Ada Private")
-    pages = [await site.sign_up(email), await site.client.get(site.confirm_link(email))]
+    link = site.confirm_link(email)
+    pages = [await site.sign_up(email), await site.client.get(link),
+             await site.client.post(link), await site.client.get(link)]
     url = (await site.send_now())[email]["List-Unsubscribe"].strip("<>")
     pages += [await site.client.get(url), await site.client.post(url),
               await site.client.get(url), await site.client.get("/issues/ml-issues"),
@@ -612,7 +690,7 @@ class LiveServer:
     """
 
     def __init__(self, project: Project, **settings: Any) -> None:
-        self.socket = socket.socket()
+        self.socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         self.socket.bind(("127.0.0.1", 0))
         self.url = f"http://127.0.0.1:{self.socket.getsockname()[1]}"
         self.config = project.configure(base_url=self.url, **settings)

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterable, Sequence
 from datetime import datetime, timedelta
-from typing import cast
+from typing import NamedTuple, cast
 
 from sqlalchemy import (
     Table,
+    and_,
     bindparam,
+    case,
     delete,
     func,
+    literal,
     or_,
     select,
     update,
@@ -28,6 +31,15 @@ from mailer.store._base import StoreBase
 from mailer.store.rows import SubscriberRow
 
 _IMPORT_CHUNK = 1000  # rows per statement: well under SQLite's 32,766 bound parameters
+_PENDING = literal(SubscriptionStatus.PENDING.value)
+
+
+class SignUp(NamedTuple):
+    """What a sign-up did (see SubscriberQueries.sign_up)."""
+
+    subscription_id: int
+    generation: int  # the subscription's token generation, for its confirmation link
+    claimed: bool  # this sign-up won the right to send the confirmation email now
 
 
 class SubscriberQueries(StoreBase):
@@ -179,43 +191,58 @@ class SubscriberQueries(StoreBase):
 
     # -- sign-up, confirm and leave (the web endpoints) -------------------------------------
 
-    async def request_subscription(self, email: str, *, newsletter: str, name: str = ""
-                                   ) -> Subscription:
-        """Find or create the subscription a sign-up form asks for, as pending.
+    async def sign_up(self, email: str, *, newsletter: str, name: str, now: datetime,
+                      every: timedelta, lease: timedelta) -> SignUp:
+        """Record a sign-up from the public form as pending, and claim its confirmation email.
 
-        A subscription that ended (unsubscribed or bounced) becomes pending again: the
-        person asks anew and must confirm anew, so its confirmation is due at once. The
-        name is taken only for an address we did not know: a stranger filling in the
-        form must not rename someone who is already on a list.
+        The same three statements in one write transaction whatever the address's state:
+        the answer's timing told them apart when a confirmed address skipped the write.
+        Both upserts always write (a known row gets its own values back). One that ended
+        (unsubscribed, bounced) becomes pending in a new token generation, so it must
+        confirm anew with a new link; a confirmed one is left alone. The name is taken
+        only for a new address: a stranger must not rename someone already on a list.
+
+        The claim is one conditional UPDATE: of two sign-ups at once only one wins, and an
+        address gets at most one confirmation email per `every` (no mail-bombing a stranger
+        through our form); one claimed but never reported sent (`confirm_unsent`: the
+        process died) is due again after `lease`.
         """
+        ended = Subscription.status.in_([SubscriptionStatus.UNSUBSCRIBED,
+                                         SubscriptionStatus.BOUNCED])
         async with self.session.begin() as s:
-            await s.execute(
+            subscriber_id = (await s.execute(
                 self._insert(Subscriber).values(email=email, name=name, created_at=utcnow())
-                .on_conflict_do_nothing(index_elements=["email"])
-            )
-            sub = await self._upsert_subscription(s, email, "", newsletter, confirmed=False)
-            if sub.status in (SubscriptionStatus.UNSUBSCRIBED, SubscriptionStatus.BOUNCED):
-                sub.status = SubscriptionStatus.PENDING
-                sub.confirm_sent_at = None
-            return sub
-
-    async def claim_confirm_email(self, subscription_id: int, *, now: datetime,
-                                  every: timedelta) -> bool:
-        """Take the right to send a pending subscription its confirmation email now.
-
-        One conditional UPDATE, so of two sign-ups at the same moment only one wins, and
-        an address gets at most one confirmation email per `every` however often the form
-        is sent (no mail-bombing a stranger through our form). False: not due, or not
-        pending any more.
-        """
-        async with self.session.begin() as s:
-            result = await s.execute(update(Subscription).where(
+                .on_conflict_do_update(index_elements=["email"],
+                                       set_={"name": Subscriber.name})
+                .returning(Subscriber.id))).scalar_one()
+            subscription_id, generation = (await s.execute(
+                self._insert(Subscription).values(
+                    subscriber_id=subscriber_id, newsletter=newsletter,
+                    status=SubscriptionStatus.PENDING, created_at=utcnow(), hard_bounces=0,
+                    token_generation=0, confirm_unsent=False,
+                ).on_conflict_do_update(
+                    index_elements=["subscriber_id", "newsletter"],
+                    set_={"status": case((ended, _PENDING), else_=Subscription.status),
+                          "token_generation": Subscription.token_generation
+                          + case((ended, 1), else_=0),
+                          "confirm_sent_at": case((ended, None),
+                                                  else_=Subscription.confirm_sent_at)},
+                ).returning(Subscription.id, Subscription.token_generation))).one()
+            claim = await s.execute(update(Subscription).where(
                 Subscription.id == subscription_id,
                 Subscription.status == SubscriptionStatus.PENDING,
                 or_(Subscription.confirm_sent_at.is_(None),
-                    Subscription.confirm_sent_at <= now - every),
-            ).values(confirm_sent_at=now))
-            return int(getattr(result, "rowcount", 0)) == 1
+                    Subscription.confirm_sent_at <= now - every,
+                    and_(Subscription.confirm_unsent, Subscription.confirm_sent_at <= now - lease)),
+            ).values(confirm_sent_at=now, confirm_unsent=True))
+            return SignUp(subscription_id, generation, int(getattr(claim, "rowcount", 0)) == 1)
+
+    async def confirm_email_sent(self, subscription_id: int, *, claimed_at: datetime) -> None:
+        """Note that the relay took the confirmation email claimed at `claimed_at`."""
+        async with self.session.begin() as s:
+            await s.execute(update(Subscription).where(
+                Subscription.id == subscription_id, Subscription.confirm_sent_at == claimed_at
+            ).values(confirm_unsent=False))
 
     async def release_confirm_email(self, subscription_id: int, *, claimed_at: datetime
                                     ) -> None:
@@ -226,19 +253,21 @@ class SubscriberQueries(StoreBase):
         async with self.session.begin() as s:
             await s.execute(update(Subscription).where(
                 Subscription.id == subscription_id, Subscription.confirm_sent_at == claimed_at
-            ).values(confirm_sent_at=None))
+            ).values(confirm_sent_at=None, confirm_unsent=False))
 
-    async def confirm_subscription(self, subscription_id: int, *, now: datetime
-                                   ) -> Subscription | None:
+    async def confirm_subscription(self, subscription_id: int, *, generation: int,
+                                   now: datetime) -> Subscription | None:
         """Confirm a pending subscription; returns it as it is now (None: there is none).
 
-        Only PENDING moves: a link clicked (or prefetched by a scanner) after the person
-        unsubscribed must not subscribe them again. Confirming twice changes nothing.
+        Only PENDING moves, and only in the link's token generation: a link opened (or
+        prefetched by a scanner) after the person left must not subscribe them again, nor
+        confirm a later sign-up. Confirming twice changes nothing.
         """
         async with self.session.begin() as s:
             await s.execute(update(Subscription).where(
                 Subscription.id == subscription_id,
                 Subscription.status == SubscriptionStatus.PENDING,
+                Subscription.token_generation == generation,
             ).values(status=SubscriptionStatus.CONFIRMED, confirmed_at=now, hard_bounces=0))
             return await s.get(Subscription, subscription_id)
 
@@ -250,10 +279,12 @@ class SubscriberQueries(StoreBase):
         and the deliveries of a send under way are skipped at their claim.
         """
         async with self.session.begin() as s:
+            # A new token generation: confirmation links mailed so far are dead.
             await s.execute(update(Subscription).where(
                 Subscription.id == subscription_id,
                 Subscription.status != SubscriptionStatus.UNSUBSCRIBED,
-            ).values(status=SubscriptionStatus.UNSUBSCRIBED, unsubscribed_at=now))
+            ).values(status=SubscriptionStatus.UNSUBSCRIBED, unsubscribed_at=now,
+                     token_generation=Subscription.token_generation + 1))
             return await s.get(Subscription, subscription_id)
 
     async def resubscribe_subscription(self, subscription_id: int, *, now: datetime
