@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
 import shutil
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -31,15 +33,58 @@ def pg_admin_url() -> Iterator[str]:
         yield url
 
 
+def _migrate(database_url: str) -> None:
+    """Bring a database to the newest migration the way mailer does: Store.open runs alembic."""
+    async def go() -> None:
+        store = await Store.open(database_url)
+        await store.close()
+
+    asyncio.run(go())
+
+
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> bytes:
+    """A SQLite file migrated once per session (from the migrations as they are now): each
+    test gets a copy, instead of running every migration again (~0.1 s each)."""
+    path = tmp_path_factory.mktemp("template") / "mailer.db"
+    _migrate(f"sqlite:///{path}")
+    # The last connection closed checkpointed the WAL: the whole database is in the one file.
+    assert not path.with_name(f"{path.name}-wal").exists()
+    return path.read_bytes()
+
+
+@pytest.fixture(scope="session")
+def pg_template(pg_admin_url: str) -> Iterator[str]:
+    """The name of a PostgreSQL database migrated once per session (from the migrations as
+    they are now), which each test's database is created from (CREATE DATABASE … TEMPLATE)."""
+    name = f"mailer_template_{uuid.uuid4().hex[:12]}"
+    url = pg.create_database(pg_admin_url, name)
+    try:
+        _migrate(url)
+        yield name
+    finally:
+        pg.drop_database(pg_admin_url, name)
+
+
 @pytest.fixture(params=["sqlite", "postgresql"])
 def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    """A fresh, empty database: a SQLite file, or a new database on the test PostgreSQL."""
+    """A fresh database at the newest migration, with no rows: a SQLite file, or a new
+    database on the test PostgreSQL. Both are copies of a template that mailer's own
+    migrations built at the start of the session; mailer's open finds them current."""
     if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path}/var/mailer.db"
+        template: bytes = request.getfixturevalue("sqlite_template")
+        path = tmp_path / "var" / "mailer.db"
+        path.parent.mkdir(mode=0o700)
+        # 0600 in a 0700 folder, as mailer creates its database (db.create_engine).
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as out:
+            out.write(template)
+        yield f"sqlite:///{path}"
         return
     admin: str = request.getfixturevalue("pg_admin_url")
+    pg_template: str = request.getfixturevalue("pg_template")
     name = f"mailer_test_{uuid.uuid4().hex[:12]}"
-    url = pg.create_database(admin, name)
+    url = pg.create_database(admin, name, template=pg_template)
     try:
         yield url
     finally:

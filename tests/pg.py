@@ -64,16 +64,25 @@ def server() -> Iterator[str]:
     data = Path(tempfile.mkdtemp(prefix="mailer-pg-"))
     if os.geteuid() == 0:
         shutil.chown(data, "postgres", "postgres")
-    port = _free_port()
     log = data / "server.log"
     subprocess.run(_as_owner([str(bin_dir / "initdb"), "-D", str(data / "db"), "-U", "mailer",
                               "-A", "trust", "-E", "UTF8", "--no-sync"]),
                    check=True, capture_output=True)
-    # fsync off: a test database need not survive a power cut, and it makes tests fast.
-    options = f"-p {port} -k {data} -c listen_addresses=127.0.0.1 -c fsync=off " \
-              "-c max_connections=200"
-    subprocess.run(_as_owner([str(bin_dir / "pg_ctl"), "-D", str(data / "db"), "-l", str(log),
-                              "-o", options, "-w", "start"]), check=True, capture_output=True)
+    for attempt in range(3):
+        # A port free a moment ago may be taken meanwhile (each pytest-xdist worker starts
+        # a server of its own at the same time): then another one.
+        port = _free_port()
+        # fsync off: a test database need not survive a power cut, and it makes tests fast.
+        options = f"-p {port} -k {data} -c listen_addresses=127.0.0.1 -c fsync=off " \
+                  "-c max_connections=200"
+        started = subprocess.run(
+            _as_owner([str(bin_dir / "pg_ctl"), "-D", str(data / "db"), "-l", str(log),
+                       "-o", options, "-w", "start"]), capture_output=True, text=True)
+        if started.returncode == 0:
+            break
+        if attempt == 2:
+            why = log.read_text(errors="replace") if log.exists() else started.stderr
+            raise RuntimeError(f"PostgreSQL did not start: {why}")
     try:
         yield f"postgresql://mailer@127.0.0.1:{port}/postgres"
     finally:
@@ -82,10 +91,17 @@ def server() -> Iterator[str]:
         shutil.rmtree(data, ignore_errors=True)
 
 
-def create_database(admin_url: str, name: str) -> str:
-    """Create database `name` on the server of `admin_url`; the URL of the new database."""
-    _psql(admin_url, f'CREATE DATABASE "{name}"')
+def database_url(admin_url: str, name: str) -> str:
+    """The URL of database `name` on the server of `admin_url`."""
     return admin_url.rsplit("/", 1)[0] + f"/{name}"
+
+
+def create_database(admin_url: str, name: str, *, template: str | None = None) -> str:
+    """Create database `name` on the server of `admin_url`, empty or as a copy of database
+    `template` (which nobody may be connected to); the URL of the new database."""
+    like = f' TEMPLATE "{template}"' if template else ""
+    _psql(admin_url, f'CREATE DATABASE "{name}"{like}')
+    return database_url(admin_url, name)
 
 
 def drop_database(admin_url: str, name: str) -> None:

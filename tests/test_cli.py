@@ -1,4 +1,9 @@
-"""The `mailer` command as a user runs it: a real process, SQLite file and SMTP server."""
+"""The `mailer` command as a user runs it: its command line, a SQLite file, an SMTP server.
+
+The commands run in the test's process (tests/tools.run_cli: the same typer app, exit codes,
+stdout and stderr); one test runs `python -m mailer` as a real process. The processes
+themselves (signals, crashes, daemons) are tested in test_daemon, test_crash and test_worker.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +17,7 @@ import pytest
 
 from tests.conftest import Project
 from tests.smtpd import ServerThread
+from tests.tools import run_cli, summary_of
 
 SUBSCRIBERS = ["ada@example.com", "grace@example.com", "alan@example.org"]
 
@@ -22,11 +28,17 @@ def db_url(tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path}/project/var/mailer.db"
 
 
-def mailer(project: Project, *args: str, env: dict[str, str] | None = None,
-           ) -> subprocess.CompletedProcess[str]:
-    environment = {**os.environ, "MAILER_SECRET_KEY": "cli-test-key", "COLUMNS": "200",
-                   **(env or {})}
-    environment.pop("MAILER_CONFIG", None)
+ENV: dict[str, str | None] = {"MAILER_SECRET_KEY": "cli-test-key", "COLUMNS": "200",
+                              "MAILER_CONFIG": None}
+
+
+def mailer(project: Project, *args: str) -> subprocess.CompletedProcess[str]:
+    return run_cli("--config", str(project.config_path), *args, cwd=project.root, env=ENV)
+
+
+def mailer_process(project: Project, *args: str) -> subprocess.CompletedProcess[str]:
+    """`python -m mailer …` as a new process, stdin not a terminal."""
+    environment = {k: v for k, v in {**os.environ, **ENV}.items() if v is not None}
     return subprocess.run(
         [sys.executable, "-m", "mailer", "--config", str(project.config_path), *args],
         capture_output=True, text=True, env=environment, cwd=project.root, timeout=120,
@@ -61,7 +73,8 @@ def test_send_now_delivers_one_message_per_confirmed_subscriber_and_then_nothing
         assert first.returncode == 0, first.stderr
         issue_mails = server.messages[confirm_mails:]
         assert sorted(r for m in issue_mails for r in m.rcpt_tos) == sorted(SUBSCRIBERS)
-        assert "3" in first.stdout and "sent" in first.stdout
+        assert summary_of(first.stdout) == {"sent": 3, "failed": 0, "retrying": 0,
+                                            "unknown": 0, "skipped": 0}, first.stdout
 
         second = mailer(project, "send-now", "ml-issues", "--yes")
         assert second.returncode == 0, second.stderr
@@ -100,7 +113,7 @@ def test_dry_run_counts_recipients_and_sends_and_records_nothing(project: Projec
         add_confirmed(project, *SUBSCRIBERS)
         result = mailer(project, "send-now", "ml-issues", "--dry-run")
         assert result.returncode == 0, result.stderr
-        assert "3 confirmed" in result.stdout
+        assert " 3 confirmed subscriber(s) of ml-issues" in result.stdout, result.stdout
         assert server.messages == []
         # Nothing recorded: the real send afterwards still reaches everyone.
         assert mailer(project, "send-now", "ml-issues", "--yes").returncode == 0
@@ -233,7 +246,8 @@ def test_a_csv_with_bad_rows_imports_nothing_and_lists_every_bad_line(project: P
 
 def test_an_unknown_newsletter_exits_2_and_lists_the_known_ones(project: Project) -> None:
     project.configure()
-    result = mailer(project, "send-now", "no-such-list", "--yes")
+    # A real process: `python -m mailer` turns the error into its exit status and stderr.
+    result = mailer_process(project, "send-now", "no-such-list", "--yes")
     assert result.returncode == 2
     assert "no-such-list" in result.stderr and "ml-issues" in result.stderr
 

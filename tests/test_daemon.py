@@ -1,8 +1,10 @@
 """`mailer run` as a user runs it: a real process, a real SMTP server, SQLite and PostgreSQL.
 
 The schedule of the test project fires first on 2026-12-07 09:00 Europe/Berlin. Each daemon
-runs on the documented test clock (MAILER_TEST_NOW): it starts a few seconds before that
-slot, or after it, and then runs in real time.
+runs on the documented test clock (MAILER_TEST_NOW), which then runs on in real time: it
+starts LEAD seconds before that slot where the scheduled firing is under test, or just
+after it where only a send in progress matters (the missed slot is caught up at start, so
+nobody waits for it).
 """
 
 from __future__ import annotations
@@ -28,10 +30,15 @@ from mailer.models import DeliveryStatus
 from mailer.store import Store
 from tests.conftest import Project
 from tests.smtpd import RecordingServer, ServerThread
+from tests.tools import run_cli
 
 SLOT = datetime(2026, 12, 7, 9, 0, tzinfo=ZoneInfo("Europe/Berlin"))
 SLOT_FIELD = "slot=2026-12-07T09:00:00+01:00"
-LEAD = 5.0  # seconds from a daemon's start to the slot: well above its start-up time
+# Seconds from a daemon's start to the slot. Its clock starts after the interpreter's own
+# start-up; from there to its schedule being set (database open, scheduler started) took
+# ~0.04 s here, so 1.5 s is well above it even on a loaded machine. A start too slow for
+# it would catch the slot up instead: test_the_due_issue_is_sent_once_at_its_slot says so.
+LEAD = 1.5
 SAMPLE = "2026-12-07-first-issue"
 SUBJECT = "Machine Learning Issues #01: small models, honest benchmarks"
 SQLITE_ONLY = pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
@@ -44,6 +51,12 @@ def clock(moment: datetime) -> str:
 
 def before_slot(seconds: float = LEAD) -> str:
     return clock(SLOT - timedelta(seconds=seconds))
+
+
+def just_after_slot() -> str:
+    """A start one second after the slot: the missed slot is caught up (catch_up_hours)
+    and its send starts at once."""
+    return clock(SLOT + timedelta(seconds=1))
 
 
 class Daemon:
@@ -155,6 +168,8 @@ def test_the_due_issue_is_sent_once_at_its_slot_and_a_restart_sends_nothing_more
         with Daemon(config, test_now=before_slot()) as daemon:
             log = daemon.wait_for("send finished")
             assert daemon.stop() == 0
+        # Sent by the scheduler at the slot, not caught up by a start later than the slot.
+        assert "catching up" not in log, f"the daemon started after its slot: raise LEAD\n{log}"
         assert f"issue due newsletter=ml-issues {SLOT_FIELD} slug={SAMPLE}" in log
         assert re.findall(r"progress .* done=(\d) of=3", log) == ["1", "2", "3"]
         assert "sent=3 failed=0 unknown=0" in log
@@ -168,10 +183,8 @@ def test_the_due_issue_is_sent_once_at_its_slot_and_a_restart_sends_nothing_more
         assert "stopping reason=SIGINT" in again.text()
         assert received(server) == Counter(emails)
 
-    status = subprocess.run(
-        [sys.executable, "-m", "mailer", "--config", str(config), "status"], text=True,
-        capture_output=True, timeout=60, cwd=project.root,
-        env={**os.environ, "COLUMNS": "250", "MAILER_TEST_NOW": clock(SLOT)})
+    status = run_cli("--config", str(config), "status", cwd=project.root,
+                     env={"COLUMNS": "250", "MAILER_TEST_NOW": clock(SLOT)})
     assert status.returncode == 0, status.stderr
     row = next(line for line in status.stdout.splitlines()
                if line.strip().startswith("ml-issues "))
@@ -235,7 +248,7 @@ def test_after_sigkill_mid_send_a_restart_finishes_with_one_message_for_everyone
     with ServerThread(stall_seconds=60, stall_for={3}) as server:
         config = write_config(project, server)
         emails = subscribe(project.db_url, 6)
-        with Daemon(config, test_now=before_slot()) as daemon:
+        with Daemon(config, test_now=just_after_slot()) as daemon:
             server.wait_for_messages(3, timeout=45)
             assert daemon.stop(signal.SIGKILL) == -signal.SIGKILL
         with Daemon(config, test_now=before_slot()) as restarted:
@@ -251,10 +264,11 @@ def test_after_sigkill_mid_send_a_restart_finishes_with_one_message_for_everyone
 def test_sigterm_mid_send_lets_the_message_in_flight_finish_and_a_restart_sends_the_rest(
     project: Project,
 ) -> None:
-    with ServerThread(stall_seconds=3, stall_for={2}) as server:
+    # The 2nd message's reply comes 1.5 s late: the SIGTERM arrives while it is in flight.
+    with ServerThread(stall_seconds=1.5, stall_for={2}) as server:
         config = write_config(project, server, shutdown_grace_seconds=30)
         emails = subscribe(project.db_url, 5)
-        with Daemon(config, test_now=before_slot()) as daemon:
+        with Daemon(config, test_now=just_after_slot()) as daemon:
             server.wait_for_messages(2, timeout=45)
             assert daemon.stop() == 0
             log = daemon.text()
@@ -272,16 +286,17 @@ def test_sigterm_mid_send_lets_the_message_in_flight_finish_and_a_restart_sends_
 def test_sigterm_exits_within_the_grace_period_and_records_the_cut_message_as_unknown(
     project: Project,
 ) -> None:
+    grace = 1.0
     with ServerThread(stall_seconds=60, stall_for={2}) as server:
-        config = write_config(project, server, shutdown_grace_seconds=2)
+        config = write_config(project, server, shutdown_grace_seconds=grace)
         emails = subscribe(project.db_url, 5)
-        with Daemon(config, test_now=before_slot()) as daemon:
+        with Daemon(config, test_now=just_after_slot()) as daemon:
             server.wait_for_messages(2, timeout=45)
             started = time.monotonic()
             assert daemon.stop() == 0
             took = time.monotonic() - started
             log = daemon.text()
-        assert 2 <= took < 2 + 8, took
+        assert grace <= took < grace + 8, took
         assert "grace period over" in log
         assert delivery_states(project.db_url) == {DeliveryStatus.SENT: 1,
                                                    DeliveryStatus.UNKNOWN: 1,
@@ -299,7 +314,7 @@ def test_a_second_signal_exits_at_once_and_a_restart_resends_nothing_unconfirmed
     with ServerThread(stall_seconds=60, stall_for={2}) as server:
         config = write_config(project, server, shutdown_grace_seconds=60)
         emails = subscribe(project.db_url, 4)
-        with Daemon(config, test_now=before_slot()) as daemon:
+        with Daemon(config, test_now=just_after_slot()) as daemon:
             server.wait_for_messages(2, timeout=45)
             daemon.proc.send_signal(signal.SIGTERM)
             daemon.wait_for("stopping")
@@ -321,7 +336,7 @@ def test_two_daemons_on_one_database_send_each_message_once_between_them(
     with ServerThread(stall_seconds=0.01) as server:
         config = write_config(project, server, concurrency=2)
         emails = subscribe(project.db_url, 450)
-        lead = before_slot(LEAD + 1)
+        lead = before_slot(LEAD + 0.5)  # both daemons fire at the slot, from their own start
         with Daemon(config, test_now=lead, name="a") as a, \
                 Daemon(config, test_now=lead, name="b") as b:
             server.wait_for_messages(len(emails), timeout=90)
@@ -374,7 +389,7 @@ def test_a_broken_edit_while_running_is_refused_and_the_old_schedule_still_sends
     with ServerThread() as server:
         config = write_config(project, server, watch_seconds=0)  # SIGHUP only
         emails = subscribe(project.db_url, 2)
-        with Daemon(config, test_now=before_slot(10)) as daemon:
+        with Daemon(config, test_now=before_slot(3)) as daemon:
             daemon.wait_for("running")
             edit(config, "every: 2 weeks", "every: fortnightly")
             daemon.proc.send_signal(signal.SIGHUP)
@@ -396,7 +411,7 @@ def test_a_broken_issue_edit_is_refused_and_the_last_good_version_is_sent(
     with ServerThread() as server:
         config = write_config(project, server, watch_seconds=0.5)
         subscribe(project.db_url, 2)
-        with Daemon(config, test_now=before_slot(10)) as daemon:
+        with Daemon(config, test_now=before_slot(3)) as daemon:
             daemon.wait_for("running")
             sample = project.issues / f"{SAMPLE}.md"
             edit(sample, f'subject: "{SUBJECT}"\nstatus: ready',
@@ -422,7 +437,8 @@ def test_an_edit_of_the_schedule_is_picked_up_without_a_restart(project: Project
             line = next(line for line in running.splitlines() if " running " in line)
             logged_at = datetime.fromisoformat(line.split()[0].replace("Z", "+00:00"))
             started = datetime.fromisoformat(re.findall(r"clock=(\S+)", line)[0])
-            soon = started + (datetime.now(UTC) - logged_at) + timedelta(seconds=6)
+            # A few seconds on (the edit is seen within watch_seconds); whole seconds.
+            soon = started + (datetime.now(UTC) - logged_at) + timedelta(seconds=3.5)
             local = soon.astimezone(SLOT.tzinfo).replace(microsecond=0, tzinfo=None)
             edit(config, "every: 2 weeks\n      starting: 2026-12-07 09:00",
                  f"every: 1 day\n      starting: '{local}'")

@@ -208,8 +208,10 @@ async def test_a_start_catches_up_the_latest_slot_only_when_it_had_no_issue(
     if last_send != "none":
         await start_or_resume_send(config, newsletter, store, now=SLOT)
     if last_send == "before the slot":
-        await asyncio.sleep(1.0)
-        clock = Clock(SLOT + timedelta(seconds=0.5))  # the slot began after that send
+        # The clock starts 0.1 s after the slot, so the slot's real time is 0.1 s ago:
+        # after that send, which is older than the 0.2 s slept here (both on one clock).
+        await asyncio.sleep(0.2)
+        clock = Clock(SLOT + timedelta(seconds=0.1))
     else:
         clock = Clock(SLOT + timedelta(hours=2))  # a send just now is after the slot
     snapshot = Snapshot(config, {"ml-issues": []})

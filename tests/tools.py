@@ -7,14 +7,29 @@ turn the skip into a failure, so CI cannot pass by quietly testing less.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import io
 import os
+import re
 import shutil
+import socket
 import struct
+import subprocess
 import zlib
+from collections.abc import AsyncIterator, Iterator, Mapping
 from functools import cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+import uvicorn
+
+if TYPE_CHECKING:
+    import typer
+    from starlette.types import ASGIApp
+
+    from mailer.config import Settings
 
 REPO = Path(__file__).resolve().parents[1]
 ARTIFACTS = REPO / "test-artifacts"
@@ -85,3 +100,126 @@ def png(width: int, height: int) -> bytes:
     header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
     return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
             + chunk(b"IDAT", zlib.compress(row * height, 9)) + chunk(b"IEND", b""))
+
+
+def run_cli(*args: str, cwd: Path, env: Mapping[str, str | None] | None = None,
+            ) -> subprocess.CompletedProcess[str]:
+    """`mailer ARGS` in this process: the same command line (mailer.cli's typer app, its
+    parsing, exit codes, stdout and stderr), without a new interpreter importing all of
+    mailer first (~0.8 s a run). Stdin is empty and no terminal, like stdin=DEVNULL.
+
+    `env` is applied for the run only (None removes a variable). For a test about the
+    process itself (signals, a crash, a daemon, two processes at once) use a subprocess.
+    An exception other than the CLI's clean exits propagates into the test, traceback and all.
+    """
+    from typer.testing import CliRunner
+
+    app = _cli_app()
+    with contextlib.chdir(cwd):
+        result = CliRunner().invoke(app, list(args), env=dict(env or {}),
+                                    catch_exceptions=False)
+    return subprocess.CompletedProcess(["mailer", *args], result.exit_code,
+                                       result.stdout, result.stderr)
+
+
+@cache
+def _cli_app() -> typer.Typer:
+    # mailer's rich consoles are made at import: made here with no terminal and no COLUMNS
+    # of the test run's own, they read COLUMNS and the output stream at each print, as a
+    # new `python -m mailer` would.
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        saved = os.environ.pop("COLUMNS", None)
+        try:
+            from mailer.cli import app
+        finally:
+            if saved is not None:
+                os.environ["COLUMNS"] = saved
+    return app
+
+
+SUMMARY_COLUMNS = ["sent", "failed", "retrying", "unknown", "skipped"]
+
+
+def summary_of(stdout: str) -> dict[str, int]:
+    """The figures of send-now's summary table, by column: {"sent": 3, "failed": 0, …}.
+
+    Fails the test unless there is exactly one summary table with one row of figures.
+    """
+    rows = [[cell.strip() for cell in re.split(r"[┃│|]", line)[1:-1]]
+            for line in stdout.splitlines()]
+    headers = [i for i, cells in enumerate(rows) if cells == SUMMARY_COLUMNS]
+    assert len(headers) == 1, f"no single summary table in:\n{stdout}"
+    figures = [cells for cells in rows[headers[0] + 1:] if cells]
+    assert figures and all(cell.isdigit() for cell in figures[0]), \
+        f"no figures under the summary's header in:\n{stdout}"
+    return dict(zip(SUMMARY_COLUMNS, map(int, figures[0]), strict=True))
+
+
+class Listening:
+    """A TCP socket bound to a free loopback port, before the app is configured, so that
+    its base_url (the links in the emails) can name the port the app is served on."""
+
+    def __init__(self) -> None:
+        # IPPROTO_TCP named, as getaddrinfo names it for the daemon's socket (daemon.listen):
+        # asyncio turns Nagle off only on sockets that say so, and with it on every request
+        # on a kept-alive connection waited 40 ms for a delayed ACK.
+        self.socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+        self.socket.bind(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.socket.getsockname()[1]}"
+
+
+class _InLoopServer(uvicorn.Server):
+    """uvicorn without signal handlers of its own (as in the daemon): SIGINT stays pytest's.
+    And stop() ends it at once, where setting should_exit is seen within 0.1 s."""
+
+    def __init__(self, config: uvicorn.Config) -> None:
+        super().__init__(config)
+        self._stop = asyncio.Event()
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+    async def main_loop(self) -> None:
+        await self.on_tick(0)  # the Date header, once: a test is over within seconds
+        await self._stop.wait()
+
+    def stop(self) -> None:
+        self.should_exit = True
+        self._stop.set()
+
+
+class Served:
+    """An app being served by `serving`."""
+
+    def __init__(self, server: uvicorn.Server) -> None:
+        self._server = server
+
+    async def idle(self) -> None:
+        """Wait until every request taken so far has run to its end, the work the app does
+        after its answer (Starlette's background tasks) included."""
+        while self._server.server_state.tasks:  # noqa: ASYNC110 (uvicorn has no event for it)
+            await asyncio.sleep(0.002)
+
+
+@contextlib.asynccontextmanager
+async def serving(app: ASGIApp, listening: Listening, settings: Settings,
+                  ) -> AsyncIterator[Served]:
+    """Serve `app` over real HTTP on `listening`, in the test's event loop: uvicorn with the
+    config `mailer run` and `mailer serve` use (mailer.httpserver), its lifespan run."""
+    from mailer.httpserver import server_config
+
+    server = _InLoopServer(server_config(app, settings, lifespan="on", log_config=None,
+                                         access_log=False))
+    task = asyncio.create_task(server.serve(sockets=[listening.socket]), name="test-uvicorn")
+    try:
+        while not server.started:
+            if task.done():
+                task.result()  # its exception, if it failed to start
+                raise RuntimeError("the web server stopped before it started")
+            await asyncio.sleep(0.005)
+        yield Served(server)
+    finally:
+        server.stop()
+        await task
+        listening.socket.close()
