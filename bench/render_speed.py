@@ -24,7 +24,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from mailer import config, content, message, render  # noqa: E402
+from mailer import config, content  # noqa: E402
+from mailer.content import render  # noqa: E402
+from mailer.delivery import message  # noqa: E402
 
 SCHEDULES = """\
 settings:

@@ -1,4 +1,4 @@
-"""The capture SMTP server (mailer.capture) and the fault-injecting test server (tests/smtpd.py)."""
+"""The capture SMTP server (mailer.delivery.capture) and the fault-injecting test server."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from typing import Any
 import aiosmtplib
 import pytest
 
-from mailer.capture import CaptureServer
+from mailer.delivery.capture import CaptureServer
 from tests.smtpd import RecordingServer, ServerThread
 
 RAW = (

@@ -13,8 +13,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from mailer import config, yamlfile
-from mailer.config import Settings
+from mailer import config
+from mailer.config import Settings, yamlfile
 from mailer.errors import ConfigError
 from mailer.schedule import ScheduleSpec
 

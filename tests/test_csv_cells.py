@@ -16,11 +16,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mailer import csvcells
 from mailer.addresses import clean_name, normalize_email
 from mailer.errors import SubscriberError
 from mailer.store import Store
-from mailer.subscriptions import read_csv
+from mailer.subscriptions import csvcells, read_csv
 from tests.conftest import Project
 from tests.test_cli import error_lines, mailer
 

@@ -8,10 +8,10 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 
 from mailer.config import Config
-from mailer.models import DeliveryStatus, SendStatus
-from mailer.sender import Sender
-from mailer.sends import start_or_resume_send
+from mailer.sending.prepare import start_or_resume_send
+from mailer.sending.sender import Sender
 from mailer.store import Store
+from mailer.store.models import DeliveryStatus, SendStatus
 from tests.conftest import Project
 from tests.smtpd import RecordingServer
 

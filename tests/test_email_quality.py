@@ -21,10 +21,12 @@ from typing import TYPE_CHECKING, Any, cast
 
 import pytest
 
-from mailer import cli_send, colors, render, tokens
 from mailer import config as config_mod
+from mailer import tokens
+from mailer.cli import send as cli_send
 from mailer.config import Config
-from mailer.message import message_id, prepare_message
+from mailer.content import colors, render
+from mailer.delivery.message import message_id, prepare_message
 from tests import tools
 
 if TYPE_CHECKING:

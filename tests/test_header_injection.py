@@ -28,8 +28,8 @@ from hypothesis import strategies as st
 
 from mailer.addresses import clean_name, normalize_email
 from mailer.config import Newsletter
+from mailer.delivery.message import Letter, PreparedMessage, build_message, prepare_message
 from mailer.errors import SubscriberError
-from mailer.message import Letter, PreparedMessage, build_message, prepare_message
 from tests.conftest import Project
 from tests.smtpd import RecordingServer, ServerThread
 from tests.test_prepared import SAMPLE_ISSUE, sample_letter

@@ -24,10 +24,10 @@ import uvicorn
 from mailer import config as config_mod
 from mailer import web
 from mailer.errors import ConfigError
-from mailer.guards import SecurityHeaders
-from mailer.httpserver import server_config
-from mailer.models import SubscriptionStatus
 from mailer.store import Store
+from mailer.store.models import SubscriptionStatus
+from mailer.web.guards import SecurityHeaders
+from mailer.web.server import server_config
 from tests.conftest import Project
 from tests.smtpd import RecordingServer
 

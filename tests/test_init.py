@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from mailer import config as config_mod
-from mailer import starter
+from mailer.cli import starter
 from mailer.errors import InputError
 
 REPO = Path(__file__).resolve().parents[1]

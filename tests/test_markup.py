@@ -7,7 +7,7 @@ import re
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mailer import colors, markup, plaintext
+from mailer.content import colors, markup, plaintext
 
 ACCENT = "#2563eb"
 

@@ -11,11 +11,11 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from mailer.delivery.outcomes import DispatchSettings, outcome_of, retry_delay
+from mailer.delivery.transport import classify
 from mailer.errors import DeliveryInDoubt, PermanentFailure, TemporaryFailure
-from mailer.models import DeliveryStatus
-from mailer.outcomes import DispatchSettings, outcome_of, retry_delay
 from mailer.store import Outcome, Recipient
-from mailer.transport import classify
+from mailer.store.models import DeliveryStatus
 
 NOW = datetime(2026, 12, 7, 8, 0, tzinfo=UTC)
 SETTINGS = DispatchSettings(max_attempts=5, retry_base_seconds=30.0)

@@ -12,13 +12,13 @@ from collections.abc import Iterable
 
 import pytest
 
-from mailer.dispatch import Dispatcher
-from mailer.message import Letter, list_id
-from mailer.models import DeliveryStatus
-from mailer.outcomes import DispatchSettings
-from mailer.render import UNSUBSCRIBE_SLOT, RenderedIssue
+from mailer.content.render import UNSUBSCRIBE_SLOT, RenderedIssue
+from mailer.delivery.dispatch import Dispatcher
+from mailer.delivery.message import Letter, list_id
+from mailer.delivery.outcomes import DispatchSettings
+from mailer.delivery.transport import SmtpTransport, parse_smtp_url
 from mailer.store import Outcome, Store
-from mailer.transport import SmtpTransport, parse_smtp_url
+from mailer.store.models import DeliveryStatus
 
 # The rule never touches the database: one backend is enough.
 pytestmark = pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)

@@ -17,9 +17,9 @@ from hypothesis import strategies as st
 
 from mailer.config import Newsletter, Settings
 from mailer.content import load_issue
-from mailer.message import Letter, build_message, list_id, prepare_message
-from mailer.render import render_issue
-from mailer.transport import SmtpTransport, parse_smtp_url
+from mailer.content.render import render_issue
+from mailer.delivery.message import Letter, build_message, list_id, prepare_message
+from mailer.delivery.transport import SmtpTransport, parse_smtp_url
 from tests.smtpd import RecordingServer
 
 REPO = Path(__file__).resolve().parents[1]

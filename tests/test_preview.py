@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from mailer.render import GMAIL_CLIP_BYTES
+from mailer.content.render import GMAIL_CLIP_BYTES
 from tests import tools
 from tests.conftest import Project
 

@@ -16,11 +16,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from mailer.config import Config
-from mailer.models import DeliveryStatus, SendStatus, utcnow
-from mailer.ratelimit import SlidingWindow, TokenBucket
-from mailer.sender import Sender
-from mailer.sends import start_or_resume_send
+from mailer.delivery.throttle import SlidingWindow, TokenBucket
+from mailer.sending.prepare import start_or_resume_send
+from mailer.sending.sender import Sender
 from mailer.store import Outcome, Store
+from mailer.store.models import DeliveryStatus, SendStatus, utcnow
 from tests.conftest import Project
 from tests.smtpd import RecordingServer
 

@@ -11,11 +11,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mailer import markup, plaintext
 from mailer.config import Newsletter, Settings
-from mailer.content import Issue, load_issue
-from mailer.errors import RenderError
-from mailer.render import (
+from mailer.content import Issue, load_issue, markup, plaintext
+from mailer.content.render import (
     GMAIL_CLIP_BYTES,
     UNSUBSCRIBE_SLOT,
     RenderedIssue,
@@ -26,6 +24,7 @@ from mailer.render import (
     render_issue_mjml,
     render_web_view,
 )
+from mailer.errors import RenderError
 
 TEMPLATES = Path(__file__).parents[1] / "templates"
 # The seed issue users actually send; only in the development workspace, not in a clone.

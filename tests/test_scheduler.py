@@ -12,13 +12,13 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from mailer.content import Issue, load_issues
-from mailer.models import SendStatus, utcnow
+from mailer.runners.scheduler import Clock, Scheduler, SlotTrigger, last_slot
+from mailer.runners.slots import SlotRunner, Snapshot, skip_reasons
 from mailer.schedule import ScheduleSpec
-from mailer.scheduler import Clock, Scheduler, SlotTrigger, last_slot
-from mailer.sender import Sender
-from mailer.sends import start_or_resume_send
-from mailer.slots import SlotRunner, Snapshot, skip_reasons
+from mailer.sending.prepare import start_or_resume_send
+from mailer.sending.sender import Sender
 from mailer.store import Store
+from mailer.store.models import SendStatus, utcnow
 from tests.conftest import Project
 from tests.smtpd import RecordingServer
 

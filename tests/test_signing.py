@@ -16,12 +16,12 @@ from dkim.util import parse_tag_value
 
 from mailer import config as config_mod
 from mailer.config import Config, Settings
+from mailer.delivery.signing import SIGNED_HEADERS, DkimSigner, signer_from_settings
 from mailer.errors import ConfigError
-from mailer.models import SubscriptionStatus
-from mailer.sender import Sender
-from mailer.sends import start_or_resume_send
-from mailer.signing import SIGNED_HEADERS, DkimSigner, signer_from_settings
+from mailer.sending.prepare import start_or_resume_send
+from mailer.sending.sender import Sender
 from mailer.store import Store
+from mailer.store.models import SubscriptionStatus
 from tests.conftest import Project
 from tests.smtpd import RecordingServer
 

@@ -29,13 +29,13 @@ import uvicorn
 from starlette.applications import Starlette
 
 from mailer import config as config_mod
-from mailer import metrics, tokens
+from mailer import tokens
 from mailer.config import Config
-from mailer.confirmations import ConfirmationQueue
 from mailer.errors import ConfigError
-from mailer.models import SubscriptionStatus
 from mailer.store import Store
-from mailer.web import create_app
+from mailer.store.models import SubscriptionStatus
+from mailer.web import create_app, metrics
+from mailer.web.confirmations import ConfirmationQueue
 from tests.conftest import Project
 from tests.smtpd import RecordingServer, ServerThread
 

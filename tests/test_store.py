@@ -12,10 +12,9 @@ from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy.engine import Connection
 
-from mailer import db
-from mailer.models import Base, DeliveryStatus, SubscriptionStatus, utcnow
-from mailer.store import Outcome, Store
+from mailer.store import Outcome, Store, db
 from mailer.store import sends as store_sends
+from mailer.store.models import Base, DeliveryStatus, SubscriptionStatus, utcnow
 from tests.conftest import Project
 
 

@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
+from mailer.delivery.transport import SmtpTransport, classify, parse_smtp_url, wire_form
 from mailer.errors import PermanentFailure, TemporaryFailure
-from mailer.transport import SmtpTransport, classify, parse_smtp_url, wire_form
 from tests.smtpd import RecordingServer
 
 MESSAGE = b"From: a@example.com\r\nTo: b@example.com\r\nSubject: hi\r\n\r\nHello\r\n"

@@ -30,10 +30,11 @@ from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 from rich.console import Console
 
-from mailer import cli_send, tokens
+from mailer import tokens
+from mailer.cli import send as cli_send
 from mailer.config import Config
-from mailer.models import SubscriptionStatus
 from mailer.store import Store, SubscriberRow
+from mailer.store.models import SubscriptionStatus
 from mailer.web import HONEYPOT, MAX_BODY, create_app
 from tests.conftest import Project
 from tests.smtpd import RecordingServer, ServerThread

@@ -9,10 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from mailer import config, yamlfile
+from mailer import config
+from mailer.config import yamlfile
 from mailer.content import parse_issue
-from mailer.daemon import load_snapshot
 from mailer.errors import ConfigError, ContentError
+from mailer.runners.daemon import load_snapshot
 from tests.conftest import Project
 from tests.test_cli import error_lines, mailer
 from tests.test_daemon import Daemon, write_config

@@ -130,7 +130,7 @@ def _cli_app() -> typer.Typer:
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
         saved = os.environ.pop("COLUMNS", None)
         try:
-            from mailer.cli import app
+            from mailer.cli.app import app
         finally:
             if saved is not None:
                 os.environ["COLUMNS"] = saved
@@ -206,8 +206,8 @@ class Served:
 async def serving(app: ASGIApp, listening: Listening, settings: Settings,
                   ) -> AsyncIterator[Served]:
     """Serve `app` over real HTTP on `listening`, in the test's event loop: uvicorn with the
-    config `mailer run` and `mailer serve` use (mailer.httpserver), its lifespan run."""
-    from mailer.httpserver import server_config
+    config `mailer run` and `mailer serve` use (mailer.web.server), its lifespan run."""
+    from mailer.web.server import server_config
 
     server = _InLoopServer(server_config(app, settings, lifespan="on", log_config=None,
                                          access_log=False))

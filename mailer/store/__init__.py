@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from mailer import db
+from mailer.store import db
 from mailer.store.deliveries import DeliveryQueries
 from mailer.store.rows import ArchivedIssue, Outcome, QuotaUse, Recipient, SubscriberRow
 from mailer.store.sends import SendQueries

@@ -8,8 +8,10 @@ from datetime import datetime
 
 from sqlalchemy import and_, case, delete, func, or_, select, update
 
-from mailer import db
-from mailer.models import (
+from mailer.store import db
+from mailer.store._base import StoreBase
+from mailer.store.journal import JournalWriter, PostgresJournal, SqliteJournal
+from mailer.store.models import (
     Delivery,
     DeliveryStatus,
     Send,
@@ -19,8 +21,6 @@ from mailer.models import (
     Worker,
     utcnow,
 )
-from mailer.store._base import StoreBase
-from mailer.store.journal import JournalWriter, PostgresJournal, SqliteJournal
 from mailer.store.rows import QuotaUse, Recipient
 
 

@@ -20,8 +20,8 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from mailer.db import sqlite_pragmas
-from mailer.models import DeliveryStatus, SubscriptionStatus, utcnow
+from mailer.store.db import sqlite_pragmas
+from mailer.store.models import DeliveryStatus, SubscriptionStatus, utcnow
 from mailer.store.rows import Outcome
 
 SENDING, PENDING = DeliveryStatus.SENDING.value, DeliveryStatus.PENDING.value

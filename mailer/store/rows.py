@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from mailer.models import (
+from mailer.store.models import (
     DeliveryStatus,
     SubscriptionStatus,
 )

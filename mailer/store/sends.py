@@ -17,8 +17,9 @@ from sqlalchemy import (
 )
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from mailer import db
-from mailer.models import (
+from mailer.store import db
+from mailer.store._base import StoreBase
+from mailer.store.models import (
     Delivery,
     DeliveryStatus,
     Send,
@@ -28,7 +29,6 @@ from mailer.models import (
     SubscriptionStatus,
     utcnow,
 )
-from mailer.store._base import StoreBase
 from mailer.store.rows import ArchivedIssue
 
 # Recipients queued per transaction: a few milliseconds of the database's write lock, so

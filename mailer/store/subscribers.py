@@ -20,14 +20,14 @@ from sqlalchemy import (
 )
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from mailer.models import (
+from mailer.store._base import StoreBase
+from mailer.store.models import (
     Delivery,
     Subscriber,
     Subscription,
     SubscriptionStatus,
     utcnow,
 )
-from mailer.store._base import StoreBase
 from mailer.store.rows import SubscriberRow
 
 _IMPORT_CHUNK = 1000  # rows per statement: well under SQLite's 32,766 bound parameters

@@ -1,0 +1,150 @@
+"""`mailer subscribers …`: add, import, export, list and remove subscribers."""
+
+from __future__ import annotations
+
+import csv
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from mailer import subscriptions
+from mailer.cli.common import err, fails_cleanly, open_store, out, run_async, state
+from mailer.errors import InputError
+from mailer.store.models import SubscriptionStatus
+from mailer.subscriptions import csvcells
+
+app = typer.Typer(no_args_is_help=True, help="Add, import, export and remove subscribers.")
+
+
+ListOpt = Annotated[str, typer.Option("--list", help="the newsletter id")]
+
+
+@app.command("add")
+@fails_cleanly
+def subscribers_add(
+    email: str, list_: ListOpt,
+    name: Annotated[str, typer.Option(help="display name")] = "",
+    confirmed: Annotated[bool, typer.Option(
+        "--confirmed", help="skip double opt-in (only for people who already agreed)")] = False,
+) -> None:
+    """Add one subscriber (pending, with a confirmation email, unless --confirmed)."""
+    cfg = state.config()
+    newsletter = cfg.newsletter(list_)
+
+    async def go() -> str:
+        store = await open_store(cfg)
+        try:
+            return await subscriptions.add(cfg, store, newsletter, email, name=name,
+                                           confirmed=confirmed)
+        finally:
+            await store.close()
+
+    out.print(run_async(go()), highlight=False)
+
+
+@app.command("import")
+@fails_cleanly
+def subscribers_import(
+    file: Path, list_: ListOpt,
+    confirmed: Annotated[bool, typer.Option("--confirmed")] = False,
+) -> None:
+    """Import a CSV (email[,name], or an export); a bad row stops it and nothing is stored."""
+    cfg = state.config()
+    newsletter = cfg.newsletter(list_)
+    rows = subscriptions.read_csv(file, confirmed=confirmed)
+
+    async def go() -> int:
+        store = await open_store(cfg)
+        try:
+            return await store.import_subscribers(rows, newsletter=newsletter.id,
+                                                  confirmed=confirmed)
+        finally:
+            await store.close()
+
+    count = run_async(go())
+    state_word = "confirmed" if confirmed else "pending"
+    out.print(f"imported {count} subscribers into {newsletter.id} ({state_word})")
+
+
+def _status_option(status: str | None) -> SubscriptionStatus | None:
+    if status is None:
+        return None
+    try:
+        return SubscriptionStatus(status)
+    except ValueError:
+        known = ", ".join(s.value for s in SubscriptionStatus)
+        raise InputError(f"unknown status {status!r} (one of {known})", field="--status") from None
+
+
+@app.command("export")
+@fails_cleanly
+def subscribers_export(
+    list_: ListOpt, status: Annotated[str | None, typer.Option(help="only this state")] = None,
+) -> None:
+    """Write the subscribers as CSV to stdout."""
+    cfg = state.config()
+    newsletter = cfg.newsletter(list_)
+    wanted = _status_option(status)
+
+    async def go() -> None:
+        store = await open_store(cfg)
+        try:
+            writer = csv.writer(sys.stdout, lineterminator="\n")
+            writer.writerow(csvcells.EXPORT_HEADER)
+            async for row in store.subscribers(newsletter=newsletter.id, status=wanted):
+                # Names come from the public form: a `=HYPERLINK(…)` must reach a
+                # spreadsheet as text (`'=…`); `subscribers import` takes the quote off.
+                writer.writerow(csvcells.escape_row([
+                    row.email, row.name, row.status.value, row.created_at.isoformat(),
+                    row.confirmed_at.isoformat() if row.confirmed_at else ""]))
+        finally:
+            await store.close()
+
+    run_async(go())
+
+
+@app.command("list")
+@fails_cleanly
+def subscribers_list(
+    list_: ListOpt, status: Annotated[str | None, typer.Option(help="only this state")] = None,
+) -> None:
+    """Show the subscribers of a newsletter."""
+    cfg = state.config()
+    newsletter = cfg.newsletter(list_)
+    wanted = _status_option(status)
+
+    async def go() -> Table:
+        store = await open_store(cfg)
+        table = Table("email", "name", "status", "since")
+        try:
+            async for row in store.subscribers(newsletter=newsletter.id, status=wanted):
+                table.add_row(row.email, row.name, row.status.value,
+                              f"{row.created_at:%Y-%m-%d}")
+        finally:
+            await store.close()
+        return table
+
+    out.print(run_async(go()))
+
+
+@app.command("remove")
+@fails_cleanly
+def subscribers_remove(email: str, list_: ListOpt) -> None:
+    """Remove a subscriber from a newsletter (their address is deleted if on no other list)."""
+    cfg = state.config()
+    newsletter = cfg.newsletter(list_)
+
+    async def go() -> bool:
+        store = await open_store(cfg)
+        try:
+            return await store.remove_subscriber(email.strip(), newsletter=newsletter.id)
+        finally:
+            await store.close()
+
+    if not run_async(go()):
+        err.print(f"error: {email} is not on {newsletter.id}")
+        raise typer.Exit(1)
+    out.print(f"removed {email} from {newsletter.id}")

@@ -1,0 +1,170 @@
+"""Issue files (YAML front matter + Markdown) and the rule that picks a newsletter's due issue."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Collection, Iterable
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, time, tzinfo
+from pathlib import Path
+from typing import Any, Literal
+
+from mailer.addresses import LINE_BREAKS
+from mailer.config.yamlfile import line_of, load_yaml
+from mailer.errors import ContentError
+
+KEYS = ("subject", "status", "send_after", "preheader")
+STATUSES = ("ready", "draft")
+_SLUG = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+# Every character Python or an MTA may treat as a line break, plus NUL: in a Subject header
+# any of them could end the header and start a forged one (header injection).
+_EARLIEST = datetime.min.replace(tzinfo=UTC)
+_Fail = Callable[[str, str], ContentError]
+
+
+@dataclass(frozen=True)
+class Issue:
+    """One issue file: its front matter, and its Markdown body."""
+
+    slug: str
+    path: Path
+    subject: str
+    status: Literal["ready", "draft"]
+    send_after: datetime | None
+    preheader: str
+    body: str
+
+
+def parse_issue(text: str, *, path: Path, tz: tzinfo = UTC) -> Issue:
+    """Parse an issue: a `---` YAML front matter block, then the Markdown body.
+
+    Front matter keys: `subject` (required, one line), `status` (`ready` or `draft`; the
+    default is `draft`, so an issue is never sent because a line was forgotten),
+    `send_after` (a date means 00:00 in `tz`; a date and time without offset is in `tz`)
+    and `preheader` (optional inbox preview text).
+
+    Raises:
+        ContentError: naming the file, the line and the front-matter key.
+    """
+    file = str(path)
+    slug = Path(path).stem
+    if not _SLUG.fullmatch(slug):
+        raise ContentError("an issue's file name is its web address: use letters, digits, "
+                           "'-', '_' and '.' only", file=file)
+    lines = text.removeprefix("\ufeff").replace("\r\n", "\n").replace("\r", "\n").split("\n")
+    if lines[0].rstrip() != "---":
+        raise ContentError("an issue starts with front matter: a '---' line, subject: …, "
+                           "status: …, then another '---' line", file=file, line=1)
+    end = next((i for i, line in enumerate(lines[1:], 1) if line.rstrip() == "---"), None)
+    if end is None:
+        raise ContentError("the front matter is not closed: add a '---' line after it",
+                           file=file, line=1)
+    data, key_lines = load_yaml("\n".join(lines[1:end]), file=file, error=ContentError,
+                                first_line=2)
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ContentError("expected front matter as key: value lines", file=file, line=2)
+    for key in data:
+        if key not in KEYS:
+            raise ContentError(f"unknown front-matter key (expected one of: {', '.join(KEYS)})",
+                               file=file, line=key_lines.get((str(key),)), field=str(key))
+
+    def fail(key: str, message: str) -> ContentError:
+        return ContentError(message, file=file, line=line_of(key_lines, (key,)) or 1, field=key)
+
+    return Issue(
+        slug=slug,
+        path=Path(path),
+        subject=_subject(data.get("subject"), fail),
+        status=_status(data.get("status", "draft"), fail),
+        send_after=_send_after(data.get("send_after"), tz, fail),
+        preheader=_preheader(data.get("preheader"), fail),
+        body="\n".join(lines[end + 1:]).lstrip("\n"),
+    )
+
+
+def _subject(value: Any, fail: _Fail) -> str:
+    if value is None:
+        raise fail("subject", "required: the email's Subject line")
+    if not isinstance(value, str):
+        raise fail("subject", f"expected one line of text, got {value!r}; quote it")
+    if LINE_BREAKS.search(value):
+        raise fail("subject", "must be one line: a line break in a Subject header would let "
+                              "it inject other headers")
+    if not value.strip():
+        raise fail("subject", "must not be empty")
+    return value.strip()
+
+
+def _status(value: Any, fail: _Fail) -> Literal["ready", "draft"]:
+    if value == "ready":
+        return "ready"
+    if value == "draft":
+        return "draft"
+    raise fail("status", f"expected ready or draft, got {value!r}")
+
+
+def _send_after(value: Any, tz: tzinfo, fail: _Fail) -> datetime | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        # YAML only reads date-times with seconds as timestamps; accept "2026-12-07 09:00" too.
+        try:
+            value = datetime.fromisoformat(value.strip())
+        except ValueError:
+            raise fail("send_after", f"expected a date (2026-12-07) or a date and time "
+                                     f"(2026-12-07 09:00), got {value!r}") from None
+    if isinstance(value, datetime):
+        return value.replace(tzinfo=tz) if value.tzinfo is None else value
+    if isinstance(value, date):
+        return datetime.combine(value, time(), tzinfo=tz)
+    raise fail("send_after", f"expected a date (2026-12-07) or a date and time "
+                             f"(2026-12-07 09:00), got {value!r}")
+
+
+def _preheader(value: Any, fail: _Fail) -> str:
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise fail("preheader", f"expected text, got {value!r}; quote it")
+    return " ".join(value.split())
+
+
+def load_issue(path: Path, *, tz: tzinfo = UTC) -> Issue:
+    """Read and parse one issue file.
+
+    Raises:
+        ContentError: the file cannot be read as UTF-8, or is not a valid issue.
+    """
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ContentError(f"cannot read issue: {exc}", file=str(path)) from None
+    return parse_issue(text, path=Path(path), tz=tz)
+
+
+def load_issues(directory: Path, *, tz: tzinfo = UTC) -> list[Issue]:
+    """Every `*.md` issue in `directory`, by file name; names starting with `.` or `_` are skipped.
+
+    Raises:
+        ContentError: the folder is missing, or any issue in it is broken.
+    """
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise ContentError("issues folder not found", file=str(directory))
+    paths = sorted(p for p in directory.glob("*.md")
+                   if p.is_file() and not p.name.startswith((".", "_")))
+    return [load_issue(p, tz=tz) for p in paths]
+
+
+def pick_due_issue(issues: Iterable[Issue], sent_slugs: Collection[str],
+                   now: datetime) -> Issue | None:
+    """The oldest ready issue (by send_after, then file name) that is due at `now` and unsent.
+
+    An issue without send_after is due at once and counts as the oldest. Drafts are never due.
+    """
+    due = [issue for issue in issues
+           if issue.status == "ready" and issue.slug not in sent_slugs
+           and (issue.send_after is None or issue.send_after <= now)]
+    return min(due, key=lambda i: (i.send_after or _EARLIEST, i.path.name), default=None)

@@ -1,0 +1,295 @@
+"""Issue and confirmation emails: Markdown + Jinja2 → MJML → HTML and plain text, once per issue."""
+
+from __future__ import annotations
+
+import functools
+import html
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
+
+import jinja2
+from markupsafe import Markup
+from mjml import mjml2html
+
+from mailer.content import colors, markup, plaintext
+from mailer.errors import RenderError
+
+if TYPE_CHECKING:
+    from mailer.config import Newsletter, Settings
+    from mailer.content import Issue
+
+log = logging.getLogger(__name__)
+
+UNSUBSCRIBE_SLOT = "https://unsubscribe.invalid/__mailer_unsubscribe__"
+CONFIRM_TEMPLATE = "confirm.mjml.j2"
+# Gmail clips messages whose HTML passes 102 KB and hides the rest, footer included.
+GMAIL_CLIP_BYTES = 102 * 1024
+
+# Templates mark what only makes sense in a subscriber's inbox (the unsubscribe link);
+# the web view cuts it out.
+_EMAIL_ONLY = re.compile(
+    r"<!--\s*mailer:email-only\s*-->.*?<!--\s*/mailer:email-only\s*-->", re.DOTALL
+)
+# Scripts written right to left; an issue in one of them is laid out dir="rtl".
+_RTL_LANGUAGES = {"ar", "dv", "fa", "he", "ku", "ps", "sd", "ug", "ur", "yi"}
+
+
+@dataclass(frozen=True)
+class RenderedIssue:
+    """An issue rendered once for everyone; `UNSUBSCRIBE_SLOT` marks the per-recipient link."""
+
+    subject: str
+    preheader: str
+    html: str
+    text: str
+    web_url: str
+
+    @property
+    def html_bytes(self) -> int:
+        """The size of the HTML part as sent (what Gmail measures against its 102 KB)."""
+        return len(self.html.encode())
+
+    @property
+    def clipped(self) -> bool:
+        """Gmail would cut this issue short, hiding the rest and the unsubscribe link."""
+        return self.html_bytes > GMAIL_CLIP_BYTES
+
+    @functools.cached_property
+    def _pieces(self) -> tuple[list[str], list[str]]:
+        # Cut once at the slot: joining the pieces per recipient is several times faster
+        # than searching the whole page for the slot again.
+        return self.html.split(UNSUBSCRIBE_SLOT), self.text.split(UNSUBSCRIBE_SLOT)
+
+
+def render_issue(
+    issue: Issue, newsletter: Newsletter, settings: Settings, *, templates_dir: Path
+) -> RenderedIssue:
+    """Render an issue's HTML and text parts, leaving `UNSUBSCRIBE_SLOT` for `personalize`.
+
+    Raises:
+        RenderError: the template is missing or broken, or MJML refuses its output.
+    """
+    source = render_issue_mjml(issue, newsletter, settings, templates_dir=templates_dir)
+    page = _mjml_to_html(source, template=templates_dir / newsletter.template)
+    web_url = issue_web_url(issue, newsletter, settings)
+    rendered = RenderedIssue(
+        subject=issue.subject,
+        preheader=issue.preheader,
+        html=page,
+        text=_issue_text(issue, newsletter, settings, web_url=web_url),
+        web_url=web_url,
+    )
+    if rendered.clipped:
+        log.warning("issue %s: %s", issue.slug, clip_warning(rendered))
+    return rendered
+
+
+def clip_warning(rendered: RenderedIssue) -> str:
+    """What to tell the author of an issue Gmail would clip."""
+    return (f"the HTML is {rendered.html_bytes / 1024:.1f} KB; Gmail clips messages past "
+            f"{GMAIL_CLIP_BYTES // 1024} KB and hides the rest, footer and unsubscribe link "
+            "included: shorten the issue")
+
+
+def render_issue_mjml(
+    issue: Issue, newsletter: Newsletter, settings: Settings, *, templates_dir: Path
+) -> str:
+    """The MJML source of an issue email, before mjml2html (`mailer preview --format mjml`).
+
+    Raises:
+        RenderError: the template is missing or broken.
+    """
+    palette = colors.palette(newsletter.accent_color)
+    body = markup.to_mjml(issue.body, accent_color=palette.text,
+                          allow_html=newsletter.allow_html)
+    return _render_template(
+        templates_dir,
+        newsletter.template,
+        newsletter=newsletter,
+        issue=issue,
+        issue_date=_long_date(issue),
+        colors=palette,
+        accent=palette.accent,
+        **_language(newsletter),
+        # An issue that opens with its own title should not show the subject twice.
+        show_subject=not _is_subject(markup.leading_heading(issue.body), issue.subject),
+        body=Markup(body),  # markup.to_mjml escaped everything from the issue
+        web_url=issue_web_url(issue, newsletter, settings),
+        unsubscribe_url=UNSUBSCRIBE_SLOT,
+        postal_address=settings.postal_address,
+    )
+
+
+def issue_web_url(issue: Issue, newsletter: Newsletter, settings: Settings) -> str:
+    """The public address of the issue's web view."""
+    return f"{settings.base_url}/issues/{newsletter.id}/{quote(issue.slug)}"
+
+
+def personalize(rendered: RenderedIssue, *, unsubscribe_url: str) -> tuple[str, str]:
+    """Fill one recipient's unsubscribe link into the (html, text) parts."""
+    html_pieces, text_pieces = rendered._pieces
+    escaped = html.escape(unsubscribe_url, quote=True)
+    return escaped.join(html_pieces), unsubscribe_url.join(text_pieces)
+
+
+def render_web_view(rendered: RenderedIssue) -> str:
+    """The issue's HTML for the public archive, without anyone's unsubscribe link."""
+    page = _EMAIL_ONLY.sub("", rendered.html)
+    # A custom template may use the slot outside the markers: leave a link that goes nowhere.
+    return page.replace(UNSUBSCRIBE_SLOT, "#")
+
+
+def render_confirm(
+    newsletter: Newsletter, settings: Settings, *, confirm_url: str, templates_dir: Path
+) -> tuple[str, str, str]:
+    """The double opt-in email asking to confirm a subscription: (subject, html, text).
+
+    Raises:
+        RenderError: the template is missing or broken, or MJML refuses its output.
+    """
+    name = " ".join(newsletter.name.split())
+    subject = _confirm_subject(newsletter)
+    source = render_confirm_mjml(newsletter, settings, confirm_url=confirm_url,
+                                 templates_dir=templates_dir)
+    page = _mjml_to_html(source, template=templates_dir / CONFIRM_TEMPLATE)
+    days = settings.confirm_token_days
+    text = "\n\n".join(
+        [
+            _underline(subject, "="),
+            _fill(f"Please confirm that you want to receive {name} at this address:"),
+            confirm_url,
+            _fill(
+                f"The link is valid for {days} day{'s' if days != 1 else ''}. If you did not "
+                "ask for this, ignore this email: you will not be subscribed."
+            ),
+            _footer([_fill(settings.postal_address)]),
+        ]
+    )
+    return subject, page, text + "\n"
+
+
+def render_confirm_mjml(
+    newsletter: Newsletter, settings: Settings, *, confirm_url: str, templates_dir: Path
+) -> str:
+    """The MJML source of the confirmation email, before mjml2html.
+
+    Raises:
+        RenderError: the template is missing or broken.
+    """
+    palette = colors.palette(newsletter.accent_color)
+    return _render_template(
+        templates_dir,
+        CONFIRM_TEMPLATE,
+        newsletter=newsletter,
+        colors=palette,
+        accent=palette.accent,
+        **_language(newsletter),
+        subject=_confirm_subject(newsletter),
+        confirm_url=confirm_url,
+        days=settings.confirm_token_days,
+        postal_address=settings.postal_address,
+    )
+
+
+# --- helpers --------------------------------------------------------------------------------
+
+
+def _confirm_subject(newsletter: Newsletter) -> str:
+    return f"Confirm your subscription to {' '.join(newsletter.name.split())}"
+
+
+def _issue_text(
+    issue: Issue, newsletter: Newsletter, settings: Settings, *, web_url: str
+) -> str:
+    parts = [newsletter.name]
+    if not _is_subject(markup.leading_heading(issue.body), issue.subject):
+        parts.append(_underline(issue.subject, "="))
+    parts.append(plaintext.to_text(issue.body))
+    parts.append(
+        _footer(
+            [
+                _fill(newsletter.footer_text),
+                f"Unsubscribe: {UNSUBSCRIBE_SLOT}",
+                f"View in your browser: {web_url}",
+                _fill(settings.postal_address),
+            ]
+        )
+    )
+    return "\n\n".join(part for part in parts if part) + "\n"
+
+
+def _footer(lines: list[str]) -> str:
+    # "-- " is the signature separator of RFC 3676 §4.3; readers may fold what follows.
+    return "\n".join(["-- ", *(line for line in lines if line)])
+
+
+def _fill(text: str) -> str:
+    return "\n".join(plaintext.wrap(" ".join(text.split()))) if text.strip() else ""
+
+
+def _underline(title: str, mark: str) -> str:
+    lines = _fill(title).splitlines() or [""]
+    return "\n".join([*lines, mark * min(max(len(line) for line in lines), plaintext.TEXT_WIDTH)])
+
+
+def _is_subject(heading: str | None, subject: str) -> bool:
+    return heading is not None and heading.split() == subject.split()
+
+
+def _language(newsletter: Newsletter) -> dict[str, str]:
+    # Newsletter has no `lang` setting yet: English unless one is added to schedules.yaml.
+    lang = str(getattr(newsletter, "lang", None) or "en")
+    rtl = lang.split("-")[0].lower() in _RTL_LANGUAGES
+    return {"lang": lang, "dir": "rtl" if rtl else "ltr"}
+
+
+def _long_date(issue: Issue) -> str:
+    day = issue.send_after
+    return f"{day.day} {day:%B %Y}" if day else ""
+
+
+@functools.lru_cache(maxsize=16)
+def _environment(templates_dir: Path) -> jinja2.Environment:
+    return jinja2.Environment(
+        loader=jinja2.FileSystemLoader(templates_dir),
+        autoescape=jinja2.select_autoescape(["j2", "mjml", "html"], default_for_string=True),
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+    )
+
+
+def _render_template(templates_dir: Path, name: str, **context: Any) -> str:
+    file = str(templates_dir / name)
+    try:
+        return _environment(templates_dir).get_template(name).render(**context)
+    except jinja2.TemplateNotFound:
+        raise RenderError("template not found", file=file) from None
+    except jinja2.TemplateSyntaxError as exc:
+        raise RenderError(exc.message or "syntax error", file=file, line=exc.lineno) from None
+    except jinja2.UndefinedError as exc:
+        line = _template_line(exc.__traceback__, file)
+        raise RenderError(exc.message or "undefined value", file=file, line=line) from None
+
+
+def _template_line(tb: TracebackType | None, file: str) -> int | None:
+    # Jinja rewrites tracebacks so template frames carry the template's file and line.
+    line = None
+    while tb is not None:
+        if tb.tb_frame.f_code.co_filename == file:
+            line = tb.tb_lineno
+        tb = tb.tb_next
+    return line
+
+
+def _mjml_to_html(source: str, *, template: Path) -> str:
+    try:
+        # fonts={}: no Google Fonts <link> (a request to a third party on every open);
+        # no include_loader: a template cannot pull in files with <mj-include>.
+        return mjml2html(source, fonts={})
+    except ValueError as exc:
+        raise RenderError(f"MJML: {exc}", file=str(template)) from None

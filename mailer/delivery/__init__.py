@@ -1,0 +1,1 @@
+"""The road from a prepared issue to the wire: build, throttle, transport, journal."""

@@ -1,0 +1,1 @@
+"""Long-running processes: the daemon, its scheduler and slots, the worker."""

@@ -1,0 +1,1 @@
+"""Use cases of sending: prepare a send, deliver it from this process."""
