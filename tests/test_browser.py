@@ -20,8 +20,8 @@ from rich.console import Console
 from mailer import tokens
 from mailer.cli import send as cli_send
 from mailer.config import Config
+from mailer.states import SubscriptionStatus
 from mailer.store import Store
-from mailer.store.models import SubscriptionStatus
 from tests.conftest import Project
 from tests.smtpd import RecordingServer, ServerThread
 from tests.test_tokens import confirm_token_signed_at

@@ -13,8 +13,8 @@ import time
 
 import pytest
 
+from mailer.states import DeliveryStatus
 from mailer.store import Store
-from mailer.store.models import DeliveryStatus
 from tests.conftest import Project
 from tests.smtpd import ServerThread
 from tests.tools import summary_of

@@ -26,8 +26,8 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
+from mailer.states import DeliveryStatus
 from mailer.store import Store
-from mailer.store.models import DeliveryStatus
 from tests.conftest import Project
 from tests.smtpd import RecordingServer, ServerThread
 from tests.tools import run_cli

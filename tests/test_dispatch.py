@@ -10,8 +10,8 @@ from datetime import UTC, datetime
 from mailer.config import Config
 from mailer.sending.prepare import start_or_resume_send
 from mailer.sending.sender import Sender
+from mailer.states import DeliveryStatus, SendStatus
 from mailer.store import Store
-from mailer.store.models import DeliveryStatus, SendStatus
 from tests.conftest import Project
 from tests.smtpd import RecordingServer
 

@@ -24,8 +24,8 @@ import uvicorn
 from mailer import config as config_mod
 from mailer import web
 from mailer.errors import ConfigError
+from mailer.states import SubscriptionStatus
 from mailer.store import Store
-from mailer.store.models import SubscriptionStatus
 from mailer.web.guards import SecurityHeaders
 from mailer.web.server import server_config
 from tests.conftest import Project
@@ -164,14 +164,16 @@ async def test_each_request_on_a_kept_alive_connection_gets_its_own_head_deadlin
     project: Project, store: Store,
 ) -> None:
     async with serving(project, store) as site:
-        # The first request completes after most of a head deadline; the second never does.
+        # The first request completes after nearly half a head deadline (room for a loaded
+        # machine's late timers); the second never does.
         answer, took = await exchange(site.port, b"GET /healthz HTTP/1.1\r\n",
                                       trickle=b"Host: x\r\n\r\nGET /healthz HTTP/1.1\r\n",
-                                      every=HEAD * 0.7 / 10)
+                                      every=HEAD * 0.4 / 10)
 
     first, second = answer.split(b"ok\n", 1)
     assert head_of(first)[0] == 200 and head_of(second)[0] == 408
-    assert HEAD * 1.5 <= took < HEAD * 1.7 + SLACK
+    # One deadline from the connection's start would have closed it at HEAD.
+    assert HEAD * 1.3 <= took < HEAD * 1.5 + SLACK
 
 
 async def test_a_client_that_leaves_mid_body_costs_one_log_line_and_no_traceback(

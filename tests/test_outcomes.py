@@ -14,8 +14,8 @@ import pytest
 from mailer.delivery.outcomes import DispatchSettings, outcome_of, retry_delay
 from mailer.delivery.transport import classify
 from mailer.errors import DeliveryInDoubt, PermanentFailure, TemporaryFailure
+from mailer.states import DeliveryStatus
 from mailer.store import Outcome, Recipient
-from mailer.store.models import DeliveryStatus
 
 NOW = datetime(2026, 12, 7, 8, 0, tzinfo=UTC)
 SETTINGS = DispatchSettings(max_attempts=5, retry_base_seconds=30.0)

@@ -17,8 +17,8 @@ from mailer.delivery.dispatch import Dispatcher
 from mailer.delivery.message import Letter, list_id
 from mailer.delivery.outcomes import DispatchSettings
 from mailer.delivery.transport import SmtpTransport, parse_smtp_url
+from mailer.states import DeliveryStatus
 from mailer.store import Outcome, Store
-from mailer.store.models import DeliveryStatus
 
 # The rule never touches the database: one backend is enough.
 pytestmark = pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)

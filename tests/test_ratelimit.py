@@ -19,8 +19,8 @@ from mailer.config import Config
 from mailer.delivery.throttle import SlidingWindow, TokenBucket
 from mailer.sending.prepare import start_or_resume_send
 from mailer.sending.sender import Sender
+from mailer.states import DeliveryStatus, SendStatus, utcnow
 from mailer.store import Outcome, Store
-from mailer.store.models import DeliveryStatus, SendStatus, utcnow
 from tests.conftest import Project
 from tests.smtpd import RecordingServer
 

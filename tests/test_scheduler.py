@@ -17,8 +17,8 @@ from mailer.runners.slots import SlotRunner, Snapshot, skip_reasons
 from mailer.schedule import ScheduleSpec
 from mailer.sending.prepare import start_or_resume_send
 from mailer.sending.sender import Sender
+from mailer.states import SendStatus, utcnow
 from mailer.store import Store
-from mailer.store.models import SendStatus, utcnow
 from tests.conftest import Project
 from tests.smtpd import RecordingServer
 

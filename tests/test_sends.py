@@ -10,8 +10,8 @@ from mailer import tokens
 from mailer.config import Config
 from mailer.sending.prepare import start_or_resume_send
 from mailer.sending.sender import Sender
+from mailer.states import DeliveryStatus, SendStatus, SubscriptionStatus
 from mailer.store import Outcome, Store
-from mailer.store.models import DeliveryStatus, SendStatus, SubscriptionStatus
 from tests.conftest import Project
 from tests.smtpd import RecordingServer
 

@@ -20,8 +20,8 @@ from mailer.delivery.signing import SIGNED_HEADERS, DkimSigner, signer_from_sett
 from mailer.errors import ConfigError
 from mailer.sending.prepare import start_or_resume_send
 from mailer.sending.sender import Sender
+from mailer.states import SubscriptionStatus
 from mailer.store import Store
-from mailer.store.models import SubscriptionStatus
 from tests.conftest import Project
 from tests.smtpd import RecordingServer
 

@@ -32,8 +32,8 @@ from mailer import config as config_mod
 from mailer import tokens
 from mailer.config import Config
 from mailer.errors import ConfigError
+from mailer.states import SubscriptionStatus
 from mailer.store import Store
-from mailer.store.models import SubscriptionStatus
 from mailer.web import create_app, metrics
 from mailer.web.confirmations import ConfirmationQueue
 from tests.conftest import Project

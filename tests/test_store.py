@@ -12,9 +12,10 @@ from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy.engine import Connection
 
+from mailer.states import DeliveryStatus, SubscriptionStatus, utcnow
 from mailer.store import Outcome, Store, db
 from mailer.store import sends as store_sends
-from mailer.store.models import Base, DeliveryStatus, SubscriptionStatus, utcnow
+from mailer.store.models import Base
 from tests.conftest import Project
 
 

@@ -13,8 +13,9 @@ from sqlalchemy import update
 from mailer import subscriptions, tokens
 from mailer.config import Config
 from mailer.errors import SubscriberError, TokenError
+from mailer.states import SubscriptionStatus
 from mailer.store import Store
-from mailer.store.models import Subscription, SubscriptionStatus
+from mailer.store.models import Subscription
 from tests.conftest import Project
 from tests.smtpd import RecordingServer
 from tests.test_tokens import confirm_token_signed_at

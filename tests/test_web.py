@@ -33,8 +33,8 @@ from rich.console import Console
 from mailer import tokens
 from mailer.cli import send as cli_send
 from mailer.config import Config
+from mailer.states import SubscriptionStatus
 from mailer.store import Store, SubscriberRow
-from mailer.store.models import SubscriptionStatus
 from mailer.web import HONEYPOT, MAX_BODY, create_app
 from tests.conftest import Project
 from tests.smtpd import RecordingServer, ServerThread

@@ -8,8 +8,8 @@ import re
 import subprocess
 import sys
 
+from mailer.states import DeliveryStatus, SendStatus
 from mailer.store import Store
-from mailer.store.models import DeliveryStatus, SendStatus
 from tests.conftest import Project
 from tests.smtpd import ServerThread
 

@@ -22,8 +22,8 @@ from mailer.cli.common import (
     state,
 )
 from mailer.errors import InputError
+from mailer.states import DeliveryStatus, SendStatus, utcnow
 from mailer.store import Store
-from mailer.store.models import DeliveryStatus, SendStatus, utcnow
 
 app = typer.Typer(no_args_is_help=True, add_completion=False,
                   help="Markdown newsletters delivered on schedule, exactly once.")

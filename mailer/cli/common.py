@@ -16,8 +16,8 @@ from rich.markup import escape
 from mailer import config as config_mod
 from mailer.config import Config
 from mailer.errors import MailerError
+from mailer.states import utcnow
 from mailer.store import Store
-from mailer.store.models import utcnow
 
 out = Console()
 err = Console(stderr=True)

@@ -21,8 +21,8 @@ from mailer.errors import ContentError, InputError
 from mailer.keys import make_private_dir, token_key
 from mailer.sending.prepare import start_or_resume_send
 from mailer.sending.sender import Sender, send_one
+from mailer.states import DeliveryStatus, SendStatus, utcnow
 from mailer.store import Outcome, Store
-from mailer.store.models import DeliveryStatus, SendStatus, utcnow
 
 SAMPLE_RECIPIENT = ("reader@example.com", "Sample Reader")
 

@@ -13,7 +13,7 @@ from rich.table import Table
 from mailer import subscriptions
 from mailer.cli.common import err, fails_cleanly, open_store, out, run_async, state
 from mailer.errors import InputError
-from mailer.store.models import SubscriptionStatus
+from mailer.states import SubscriptionStatus
 from mailer.subscriptions import csvcells
 
 app = typer.Typer(no_args_is_help=True, help="Add, import, export and remove subscribers.")

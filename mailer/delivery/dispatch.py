@@ -24,9 +24,9 @@ from mailer.errors import (
     TransactionWithdrawn,
 )
 from mailer.sending.prepare import HEARTBEAT_TIMEOUT
+from mailer.states import DeliveryStatus, SendStatus, utcnow
 from mailer.store import Outcome, Recipient, Store
 from mailer.store.journal import JournalWriter
-from mailer.store.models import DeliveryStatus, SendStatus, utcnow
 
 log = logging.getLogger("mailer.dispatch")
 # Outcomes of transactions refused before their body (RCPT 4xx/5xx) wait at most this

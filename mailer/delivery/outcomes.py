@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from mailer.errors import DeliveryInDoubt, PermanentFailure, TemporaryFailure
-from mailer.store.models import DeliveryStatus
-from mailer.store.rows import Outcome, Recipient
+from mailer.rows import Outcome, Recipient
+from mailer.states import DeliveryStatus
 
 
 @dataclass(frozen=True)

@@ -18,8 +18,8 @@ from apscheduler.triggers.base import BaseTrigger
 from mailer.config import Config, Newsletter
 from mailer.schedule import ScheduleSpec, to_trigger
 from mailer.sending.prepare import recover_dead_workers
+from mailer.states import utcnow
 from mailer.store import Store
-from mailer.store.models import utcnow
 
 if TYPE_CHECKING:  # slots imports this module's clock
     from mailer.runners.slots import SlotRunner

@@ -19,8 +19,9 @@ from mailer.errors import MailerError
 from mailer.runners.scheduler import Clock, last_slot
 from mailer.sending.prepare import recover_dead_workers, start_or_resume_send
 from mailer.sending.sender import Sender
+from mailer.states import DeliveryStatus, SendStatus
 from mailer.store import Outcome, Store
-from mailer.store.models import DeliveryStatus, Send, SendStatus
+from mailer.store.models import Send
 
 log = logging.getLogger("mailer.scheduler")  # one logger for the daemon's schedule
 

@@ -18,8 +18,8 @@ from mailer import logs
 from mailer.config import Config
 from mailer.sending.prepare import start_or_resume_send
 from mailer.sending.sender import Sender
+from mailer.states import SendStatus
 from mailer.store import Store
-from mailer.store.models import SendStatus
 
 log = logging.getLogger("mailer.worker")
 

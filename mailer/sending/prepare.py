@@ -15,8 +15,9 @@ from mailer.config import Config, Newsletter
 from mailer.content import render
 from mailer.delivery.message import Letter, letter_of
 from mailer.errors import InputError
+from mailer.states import SendStatus, utcnow
 from mailer.store import Store
-from mailer.store.models import Send, SendStatus, utcnow
+from mailer.store.models import Send
 
 log = logging.getLogger("mailer.sends")
 

@@ -19,8 +19,9 @@ from mailer.delivery.signing import signer_from_settings
 from mailer.delivery.transport import SmtpTarget, SmtpTransport, parse_smtp_url
 from mailer.keys import token_key
 from mailer.sending.prepare import finish_if_done, letter_for, new_worker_id, recover_dead_workers
+from mailer.states import SendStatus
 from mailer.store import Outcome, Store
-from mailer.store.models import Send, SendStatus
+from mailer.store.models import Send
 
 if TYPE_CHECKING:
     from mailer.delivery.capture import CaptureServer

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from mailer.rows import ArchivedIssue, Outcome, QuotaUse, Recipient, SubscriberRow
 from mailer.store import db
 from mailer.store.deliveries import DeliveryQueries
-from mailer.store.rows import ArchivedIssue, Outcome, QuotaUse, Recipient, SubscriberRow
 from mailer.store.sends import SendQueries
 from mailer.store.subscribers import SubscriberQueries
 

@@ -8,20 +8,12 @@ from datetime import datetime
 
 from sqlalchemy import and_, case, delete, func, or_, select, update
 
+from mailer.rows import QuotaUse, Recipient
+from mailer.states import DeliveryStatus, SendStatus, SubscriptionStatus, utcnow
 from mailer.store import db
 from mailer.store._base import StoreBase
 from mailer.store.journal import JournalWriter, PostgresJournal, SqliteJournal
-from mailer.store.models import (
-    Delivery,
-    DeliveryStatus,
-    Send,
-    SendStatus,
-    Subscription,
-    SubscriptionStatus,
-    Worker,
-    utcnow,
-)
-from mailer.store.rows import QuotaUse, Recipient
+from mailer.store.models import Delivery, Send, Subscription, Worker
 
 
 class DeliveryQueries(StoreBase):

@@ -20,9 +20,9 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
+from mailer.rows import Outcome
+from mailer.states import DeliveryStatus, SubscriptionStatus, utcnow
 from mailer.store.db import sqlite_pragmas
-from mailer.store.models import DeliveryStatus, SubscriptionStatus, utcnow
-from mailer.store.rows import Outcome
 
 SENDING, PENDING = DeliveryStatus.SENDING.value, DeliveryStatus.PENDING.value
 CONFIRMED, BOUNCED = SubscriptionStatus.CONFIRMED.value, SubscriptionStatus.BOUNCED.value

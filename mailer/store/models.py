@@ -21,6 +21,8 @@ from sqlalchemy import (
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from mailer.states import DeliveryStatus, SendStatus, SubscriptionStatus, utcnow
+
 
 class UTCDateTime(TypeDecorator[datetime]):
     """Stores UTC and always hands back tz-aware datetimes (SQLite keeps no zone)."""
@@ -39,32 +41,6 @@ class UTCDateTime(TypeDecorator[datetime]):
         if value is None:
             return None
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-
-
-class SubscriptionStatus(enum.StrEnum):
-    PENDING = "pending"
-    CONFIRMED = "confirmed"
-    UNSUBSCRIBED = "unsubscribed"
-    BOUNCED = "bounced"
-
-
-class SendStatus(enum.StrEnum):
-    SENDING = "sending"
-    PAUSED = "paused"
-    FINISHED = "finished"
-
-
-class DeliveryStatus(enum.StrEnum):
-    PENDING = "pending"  # waiting, or claimed by a worker (claimed_by set) but not started
-    SENDING = "sending"  # its body has started to leave: ambiguous if the sender dies now
-    SENT = "sent"
-    FAILED = "failed"
-    UNKNOWN = "unknown"  # the sender died mid-transaction: maybe delivered, never resent blindly
-    SKIPPED = "skipped"  # unsubscribed, bounced or removed after the send was queued
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
 
 
 # Stable constraint names so alembic migrations work the same on SQLite and PostgreSQL.

@@ -17,19 +17,11 @@ from sqlalchemy import (
 )
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from mailer.rows import ArchivedIssue
+from mailer.states import DeliveryStatus, SendStatus, SubscriptionStatus, utcnow
 from mailer.store import db
 from mailer.store._base import StoreBase
-from mailer.store.models import (
-    Delivery,
-    DeliveryStatus,
-    Send,
-    SendStatus,
-    Subscriber,
-    Subscription,
-    SubscriptionStatus,
-    utcnow,
-)
-from mailer.store.rows import ArchivedIssue
+from mailer.store.models import Delivery, Send, Subscriber, Subscription
 
 # Recipients queued per transaction: a few milliseconds of the database's write lock, so
 # the journal's commits never wait long, and a fraction of a second of sending.

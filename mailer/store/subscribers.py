@@ -20,15 +20,10 @@ from sqlalchemy import (
 )
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from mailer.rows import SubscriberRow
+from mailer.states import SubscriptionStatus, utcnow
 from mailer.store._base import StoreBase
-from mailer.store.models import (
-    Delivery,
-    Subscriber,
-    Subscription,
-    SubscriptionStatus,
-    utcnow,
-)
-from mailer.store.rows import SubscriberRow
+from mailer.store.models import Delivery, Subscriber, Subscription
 
 _IMPORT_CHUNK = 1000  # rows per statement: well under SQLite's 32,766 bound parameters
 _PENDING = literal(SubscriptionStatus.PENDING.value)

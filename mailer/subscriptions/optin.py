@@ -18,8 +18,9 @@ from mailer.delivery.message import build_notice
 from mailer.errors import MailerError, SubscriberError, TokenError
 from mailer.keys import token_key
 from mailer.sending.sender import send_one
+from mailer.states import SubscriptionStatus, utcnow
 from mailer.store import Store
-from mailer.store.models import Subscription, SubscriptionStatus, utcnow
+from mailer.store.models import Subscription
 from mailer.subscriptions import csvcells
 
 log = logging.getLogger("mailer.subscriptions")

@@ -25,8 +25,8 @@ from starlette.types import Receive, Scope, Send
 from mailer import subscriptions
 from mailer.config import Config, Newsletter
 from mailer.content import render
+from mailer.states import SubscriptionStatus
 from mailer.store import Store
-from mailer.store.models import SubscriptionStatus
 from mailer.web import metrics
 from mailer.web.confirmations import ConfirmationQueue
 from mailer.web.guards import MAX_BODY, RateLimiter, SecurityHeaders, read_body, read_fields

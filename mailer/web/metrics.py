@@ -17,8 +17,8 @@ from prometheus_client.core import (
 )
 
 from mailer import __version__
+from mailer.states import DeliveryStatus, SubscriptionStatus
 from mailer.store import Store
-from mailer.store.models import DeliveryStatus, SubscriptionStatus
 
 # The text format every Prometheus version reads; generate_latest writes exactly this.
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"

@@ -5,10 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from mailer.store.models import (
-    DeliveryStatus,
-    SubscriptionStatus,
-)
+from mailer.states import DeliveryStatus, SubscriptionStatus
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,33 @@
+"""The states a subscription, a send and a delivery go through, and the clock they are
+stamped with (pure: the store maps them to columns, everything else reads them)."""
+
+from __future__ import annotations
+
+import enum
+from datetime import UTC, datetime
+
+
+class SubscriptionStatus(enum.StrEnum):
+    PENDING = "pending"
+    CONFIRMED = "confirmed"
+    UNSUBSCRIBED = "unsubscribed"
+    BOUNCED = "bounced"
+
+
+class SendStatus(enum.StrEnum):
+    SENDING = "sending"
+    PAUSED = "paused"
+    FINISHED = "finished"
+
+
+class DeliveryStatus(enum.StrEnum):
+    PENDING = "pending"  # waiting, or claimed by a worker (claimed_by set) but not started
+    SENDING = "sending"  # its body has started to leave: ambiguous if the sender dies now
+    SENT = "sent"
+    FAILED = "failed"
+    UNKNOWN = "unknown"  # the sender died mid-transaction: maybe delivered, never resent blindly
+    SKIPPED = "skipped"  # unsubscribed, bounced or removed after the send was queued
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
