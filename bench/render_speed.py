@@ -26,6 +26,7 @@ sys.path.insert(0, str(REPO))
 
 from mailer import config, content  # noqa: E402
 from mailer.content import render  # noqa: E402
+from mailer.content.rendered import RenderedIssue, personalize  # noqa: E402
 from mailer.delivery import message  # noqa: E402
 
 SCHEDULES = """\
@@ -65,7 +66,7 @@ def main() -> None:
     issue = content.load_issue(args.issue, tz=newsletter.tz)
     templates = REPO / "templates"
 
-    def render_once() -> render.RenderedIssue:
+    def render_once() -> RenderedIssue:
         return render.render_issue(issue, newsletter, cfg.settings, templates_dir=templates)
 
     cold = timed(render_once, 1)[0]  # includes compiling the template
@@ -81,7 +82,7 @@ def main() -> None:
 
     start = time.perf_counter()
     for url in urls:
-        render.personalize(rendered, unsubscribe_url=url)
+        personalize(rendered, unsubscribe_url=url)
     parts = (time.perf_counter() - start) / len(urls)
     start = time.perf_counter()
     for n, url in enumerate(urls):

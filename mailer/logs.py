@@ -1,4 +1,15 @@
-"""Log lines of `mailer run`: one line per event, plain text or JSON, with the event's fields."""
+"""Log lines of `mailer run`: one line per event, plain text or JSON, with the event's fields.
+
+An event is a fixed message and its data as fields: `log.info("scheduled",
+extra={"newsletter": ...})`, never %-formatting, so the JSON lines keep every value apart.
+
+Logger names are the stable log taxonomy users filter on, not module paths: they name a part
+of the service and stay put when code moves between modules. mailer.daemon (start, stop,
+reload), mailer.scheduler (the schedule and its slots: runners.scheduler and runners.slots),
+mailer.sends (preparing and recovering sends), mailer.sender and mailer.dispatch (sending),
+mailer.worker (`mailer worker`), mailer.render, mailer.subscriptions, mailer.confirmations and
+mailer.web (the HTTP side).
+"""
 
 from __future__ import annotations
 

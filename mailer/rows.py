@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from mailer.states import DeliveryStatus, SubscriptionStatus
+from mailer.states import DeliveryStatus, SendStatus, SubscriptionStatus
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,8 +52,69 @@ class QuotaUse:
 
 @dataclass(frozen=True, slots=True)
 class SubscriberRow:
+    """One subscriber of a newsletter as `subscribers list` and the export show it."""
+
     email: str
     name: str
     status: SubscriptionStatus
     created_at: datetime
     confirmed_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class SendRow:
+    """One issue of one newsletter going out, as stored: its rendered content (a resume
+    sends the same bytes), its state and how far its recipients are queued."""
+
+    id: int
+    newsletter: str
+    slug: str
+    subject: str
+    preheader: str
+    html: str
+    text: str
+    web_url: str
+    status: SendStatus
+    pause_reason: str | None
+    created_at: datetime
+    finished_at: datetime | None
+    queued_through: int  # the highest subscription id queued so far
+    queued_at: datetime | None  # when the last chunk was queued (None: more to queue)
+
+
+@dataclass(frozen=True, slots=True)
+class SubscriptionRow:
+    """One address on one newsletter: its double opt-in state and confirmation email."""
+
+    id: int
+    subscriber_id: int
+    newsletter: str
+    status: SubscriptionStatus
+    created_at: datetime
+    confirmed_at: datetime | None
+    unsubscribed_at: datetime | None
+    bounced_at: datetime | None
+    confirm_sent_at: datetime | None
+    confirm_unsent: bool
+    hard_bounces: int
+    token_generation: int  # carried in confirmation links; bumped when the subscription ends
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerRow:
+    """A registered sending process and when it last showed it was alive."""
+
+    id: str
+    host: str
+    pid: int
+    started_at: datetime
+    heartbeat_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class SignUp:
+    """What a sign-up from the public form did (see Store.sign_up)."""
+
+    subscription_id: int
+    generation: int  # the subscription's token generation, for its confirmation link
+    claimed: bool  # this sign-up won the right to send the confirmation email now

@@ -1,9 +1,13 @@
-"""When a newsletter goes out: ScheduleSpec and its APScheduler 3 trigger (triggers only)."""
+"""When a newsletter goes out: ScheduleSpec, its APScheduler 3 trigger, and the date maths on it.
+
+Pure: triggers only, never a scheduler. The daemon's wiring is in mailer.runners.scheduler.
+"""
 
 from __future__ import annotations
 
 import re
-from datetime import datetime, timedelta, tzinfo
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta, tzinfo
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from apscheduler.triggers.base import BaseTrigger
@@ -12,8 +16,11 @@ from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
+from mailer.states import utcnow
+
 _EVERY = re.compile(r"(\d+)\s*(week|day|hour|minute)s?", re.IGNORECASE)
 _DAYS = ["sun", "mon", "tue", "wed", "thu", "fri", "sat"]  # crontab order: 0 (and 7) = Sunday
+_TICK = timedelta(microseconds=1)  # the clock's resolution: "after t" is "at t + _TICK or later"
 
 
 class ScheduleSpec(BaseModel):
@@ -158,13 +165,54 @@ def to_trigger(spec: ScheduleSpec) -> BaseTrigger:
     return IntervalTrigger(**{unit: count}, start_date=start.replace(tzinfo=tz), timezone=tz)
 
 
+def describe(spec: ScheduleSpec) -> str:
+    """`every 2 weeks from 2026-12-07 09:00 Europe/Berlin`, or `cron 0 9 * * 1 UTC`."""
+    if spec.cron:
+        return f"cron {spec.cron} {spec.timezone}"
+    starting = f"{spec.starting:%Y-%m-%d %H:%M}" if spec.starting else "?"
+    return f"every {spec.every} from {starting} {spec.timezone}"
+
+
+def fire_times(spec: ScheduleSpec, *, after: datetime,
+               until: datetime | None = None) -> Iterator[datetime]:
+    """Each time `spec` fires strictly after `after` and, given `until`, at or before it;
+    in the spec's time zone, earliest first."""
+    trigger, tz = to_trigger(spec), ZoneInfo(spec.timezone)
+    after = after.astimezone(tz)
+    fire: datetime | None = trigger.get_next_fire_time(None, after + _TICK)
+    while fire is not None and (until is None or fire <= until):
+        if fire > after:
+            yield fire
+        # A CalendarIntervalTrigger with no previous fire time answers its start date even
+        # when that is past, so the walk steps on from there until it passes `after`.
+        fire = trigger.get_next_fire_time(fire, max(fire, after) + _TICK)
+
+
 def next_fire_time(spec: ScheduleSpec, *, after: datetime) -> datetime | None:
     """The first time `spec` fires strictly after `after` (tz-aware), in the spec's time zone."""
-    trigger = to_trigger(spec)
-    after = after + timedelta(microseconds=1)
-    fire: datetime | None = trigger.get_next_fire_time(None, after)
-    # A CalendarIntervalTrigger with no previous fire time answers its start date even when
-    # that is past, so walk forward from it.
-    while fire is not None and fire < after:
-        fire = trigger.get_next_fire_time(fire, after)
-    return fire
+    return next(fire_times(spec, after=after), None)
+
+
+def last_slot(spec: ScheduleSpec, now: datetime, *, within: timedelta) -> datetime | None:
+    """The latest time `spec` fired at or before `now`, if that is at most `within` ago."""
+    return max(fire_times(spec, after=now - within - _TICK, until=now), default=None)
+
+
+class Clock:
+    """Real time, or the documented test clock `settings.test_now`: the daemon starts at that
+    instant and its clock runs on in real time from there, so the scheduler's waits stay real."""
+
+    def __init__(self, start: datetime | None = None) -> None:
+        self.offset = start - utcnow() if start is not None else timedelta(0)
+
+    def now(self) -> datetime:
+        """The current time on this clock (UTC)."""
+        return utcnow() + self.offset
+
+    def to_real(self, moment: datetime) -> datetime:
+        """`moment` on this clock → the same instant on the real clock (UTC)."""
+        return moment.astimezone(UTC) - self.offset
+
+    def to_clock(self, moment: datetime) -> datetime:
+        """`moment` on the real clock → the same instant on this clock (UTC)."""
+        return moment.astimezone(UTC) + self.offset

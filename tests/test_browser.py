@@ -22,6 +22,7 @@ from mailer.cli import send as cli_send
 from mailer.config import Config
 from mailer.states import SubscriptionStatus
 from mailer.store import Store
+from tests import storehelp
 from tests.conftest import Project
 from tests.smtpd import RecordingServer, ServerThread
 from tests.test_tokens import confirm_token_signed_at
@@ -73,7 +74,7 @@ def status_of(config: Config, email: str) -> SubscriptionStatus | None:
     async def read() -> SubscriptionStatus | None:
         store = await Store.open(config.settings.database_url)
         try:
-            sub = await store.subscription_of(email, "ml-issues")
+            sub = await storehelp.subscription_of(store, email, "ml-issues")
             return sub.status if sub else None
         finally:
             await store.close()

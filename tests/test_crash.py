@@ -15,6 +15,7 @@ import pytest
 
 from mailer.states import DeliveryStatus
 from mailer.store import Store
+from tests import storehelp
 from tests.conftest import Project
 from tests.smtpd import ServerThread
 from tests.tools import summary_of
@@ -66,7 +67,7 @@ async def test_three_sigkills_mid_send_then_a_resume_deliver_everyone_exactly_on
         copies = collections.Counter(r for m in server.messages for r in m.rcpt_tos)
 
     [send] = await store.sends("ml-issues")
-    rows = {d.email: d.status for d in await store.deliveries(send.id)}
+    rows = {d.email: d.status for d in await storehelp.deliveries(store, send.id)}
     unknown = {e for e, status in rows.items() if status == DeliveryStatus.UNKNOWN}
     seen = (f"seed {SEED}: {kills} kills, {len(unknown)} deliveries recorded unknown, "
             f"{len(server.messages)} messages at the server")
@@ -107,7 +108,7 @@ async def test_a_kill_before_the_body_left_resends_and_a_kill_after_it_does_not(
         output, errors = final.communicate(timeout=120)
 
     [send] = await store.sends("ml-issues")
-    rows = {d.email: d.status for d in await store.deliveries(send.id)}
+    rows = {d.email: d.status for d in await storehelp.deliveries(store, send.id)}
     assert rows == {before: DeliveryStatus.SENT, after: DeliveryStatus.UNKNOWN}
     copies = collections.Counter(r for m in server.messages for r in m.rcpt_tos)
     assert copies == {before: 1, after: 1}

@@ -28,6 +28,7 @@ import pytest
 
 from mailer.states import DeliveryStatus
 from mailer.store import Store
+from tests import storehelp
 from tests.conftest import Project
 from tests.smtpd import RecordingServer, ServerThread
 from tests.tools import run_cli
@@ -134,7 +135,7 @@ def delivery_states(db_url: str) -> Counter[DeliveryStatus]:
         try:
             sends = await store.sends("ml-issues")
             assert [s.slug for s in sends] == [SAMPLE]
-            return Counter(d.status for d in await store.deliveries(sends[0].id))
+            return Counter(d.status for d in await storehelp.deliveries(store, sends[0].id))
         finally:
             await store.close()
 

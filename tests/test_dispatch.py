@@ -12,6 +12,7 @@ from mailer.sending.prepare import start_or_resume_send
 from mailer.sending.sender import Sender
 from mailer.states import DeliveryStatus, SendStatus
 from mailer.store import Store
+from tests import storehelp
 from tests.conftest import Project
 from tests.smtpd import RecordingServer
 
@@ -47,7 +48,7 @@ async def test_refused_connections_are_retried_and_everyone_gets_one_message(
         send_id = await run_send(config, store)
 
     assert received(server) == collections.Counter(READERS)
-    rows = await store.deliveries(send_id)
+    rows = await storehelp.deliveries(store, send_id)
     assert {r.status for r in rows} == {DeliveryStatus.SENT}
     assert sum(r.attempts for r in rows) > len(READERS)  # the refusals were counted
 
@@ -62,7 +63,7 @@ async def test_a_recipient_refused_with_451_three_times_gets_it_on_the_fourth_at
         send_id = await run_send(config, store)
 
     assert received(server) == collections.Counter(READERS)
-    row = next(r for r in await store.deliveries(send_id) if r.email == slow)
+    row = next(r for r in await storehelp.deliveries(store, send_id) if r.email == slow)
     assert (row.status, row.attempts, row.smtp_code) == (DeliveryStatus.SENT, 4, 250)
     assert [reply for address, reply in server.rcpt_attempts if address == slow][:3] == [
         "451 4.7.1 greylisted"] * 3
@@ -79,7 +80,7 @@ async def test_permanent_refusals_are_stored_with_the_servers_text_and_never_ret
         send_id = await run_send(config, store)
 
     assert received(server) == collections.Counter(e for e in READERS if e not in gone)
-    rows = {r.email: r for r in await store.deliveries(send_id)}
+    rows = {r.email: r for r in await storehelp.deliveries(store, send_id)}
     for email, reply in gone.items():
         assert rows[email].status == DeliveryStatus.FAILED
         assert rows[email].attempts == 1
@@ -98,7 +99,7 @@ async def test_a_connection_dropped_before_the_end_of_data_is_retried_without_a_
         send_id = await run_send(config, store)
 
     assert received(server) == collections.Counter(READERS)
-    rows = await store.deliveries(send_id)
+    rows = await storehelp.deliveries(store, send_id)
     assert {r.status for r in rows} == {DeliveryStatus.SENT}
     assert sorted(r.attempts for r in rows)[-2:] == [2, 2]
 
@@ -115,7 +116,7 @@ async def test_a_connection_dropped_after_the_end_of_data_is_unknown_and_not_res
                                           now=NOW) is None
 
     assert received(server) == collections.Counter(READERS)  # the server stored it once
-    rows = await store.deliveries(send_id)
+    rows = await storehelp.deliveries(store, send_id)
     statuses = collections.Counter(r.status for r in rows)
     assert statuses == {DeliveryStatus.SENT: 19, DeliveryStatus.UNKNOWN: 1}
     assert (await store.get_send(send_id)).status == SendStatus.FINISHED
@@ -137,7 +138,7 @@ async def test_a_stalled_transaction_does_not_hold_up_the_other_connections(
     # message timed out after the server had it, so its outcome is unknown, not resent.
     assert elapsed < 20
     assert received(server) == collections.Counter(READERS)
-    rows = {r.email: r.status for r in await store.deliveries(send_id)}
+    rows = {r.email: r.status for r in await storehelp.deliveries(store, send_id)}
     assert rows.pop(stalled) == DeliveryStatus.UNKNOWN
     assert set(rows.values()) == {DeliveryStatus.SENT}
 
@@ -156,7 +157,7 @@ async def test_a_dead_relay_pauses_the_send_and_a_resume_delivers_everyone_once(
     paused = await store.get_send(send_id)
     assert paused.status == SendStatus.PAUSED
     assert "of the last 10 attempts failed" in (paused.pause_reason or "")
-    rows = await store.deliveries(send_id)
+    rows = await storehelp.deliveries(store, send_id)
     # Paused, not burnt: nobody was given up on, and few attempts were made.
     assert {r.status for r in rows} == {DeliveryStatus.PENDING}
     assert sum(r.attempts for r in rows) < 20

@@ -23,10 +23,10 @@ import pytest
 
 from mailer import config as config_mod
 from mailer import tokens
-from mailer.cli import send as cli_send
 from mailer.config import Config
 from mailer.content import colors, render
 from mailer.delivery.message import message_id, prepare_message
+from mailer.sending.preview import load_preview
 from tests import tools
 
 if TYPE_CHECKING:
@@ -106,8 +106,8 @@ def issue_email(request: pytest.FixtureRequest, cfg: Config) -> Email:
     name: str = request.param
     if name == "ml-issue-02" and not SEED.exists():
         pytest.skip(f"the seed issue is not in this checkout ({SEED}); every-construct runs")
-    shown = cli_send.load_preview(cfg, cfg.newsletters["ml-issues"].issues / f"{name}.md",
-                                  newsletter_id=None)
+    shown = load_preview(cfg, cfg.newsletters["ml-issues"].issues / f"{name}.md",
+                         newsletter_id=None)
     url = f"{cfg.settings.base_url}/unsubscribe/{tokens.unsubscribe_token('test-key', 7)}"
     wire = prepare_message(shown.letter).personalize(
         to_email="ada@example.com", to_name="Ada Lovelace", unsubscribe_url=url,

@@ -20,7 +20,8 @@ from hypothesis import strategies as st
 from mailer.addresses import clean_name, normalize_email
 from mailer.config import Newsletter, Settings
 from mailer.content import load_issue
-from mailer.content.render import UNSUBSCRIBE_SLOT, RenderedIssue, render_issue
+from mailer.content.render import render_issue
+from mailer.content.rendered import UNSUBSCRIBE_SLOT, RenderedIssue
 from mailer.delivery.message import Letter, build_message, list_id, message_id, prepare_message
 from mailer.errors import InputError, SubscriberError
 from mailer.tokens import read_unsubscribe_token, unsubscribe_token

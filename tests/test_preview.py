@@ -1,4 +1,5 @@
-"""`mailer preview` and the Gmail clipping guard of `send-now`, as a user runs them."""
+"""`mailer preview` and the Gmail clipping guard of `send-now` (and `--queue`), as a user runs
+them."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from mailer.content.render import GMAIL_CLIP_BYTES
+from mailer.content.rendered import GMAIL_CLIP_BYTES
 from tests import tools
 from tests.conftest import Project
 
@@ -196,3 +197,20 @@ def test_send_now_refuses_an_issue_gmail_would_clip_unless_forced(project: Proje
     assert forced.returncode == 0, forced.stdout + forced.stderr
     assert "sending anyway (--force)" in " ".join(forced.stdout.split())
     assert len(list(outbox.iterdir())) == 1
+
+
+def test_send_now_queue_refuses_an_issue_gmail_would_clip_unless_forced(
+    project: Project,
+) -> None:
+    project.configure()
+    issue = str(long_issue(project))
+
+    refused = mailer(project, "send-now", "ml-issues", "--issue", issue, "--queue")
+    forced = mailer(project, "send-now", "ml-issues", "--issue", issue, "--queue", "--force")
+
+    assert refused.returncode == 2, refused.stdout + refused.stderr
+    line = " ".join(refused.stderr.split())
+    assert "2026-12-21-long.md" in line and "KB" in line and "--force" in line
+    assert "queued" not in refused.stdout
+    assert forced.returncode == 0, forced.stdout + forced.stderr
+    assert "queued ml-issues/2026-12-21-long" in forced.stdout

@@ -14,16 +14,13 @@ from hypothesis import strategies as st
 from mailer.config import Newsletter, Settings
 from mailer.content import Issue, load_issue, markup, plaintext
 from mailer.content.render import (
-    GMAIL_CLIP_BYTES,
-    UNSUBSCRIBE_SLOT,
-    RenderedIssue,
     clip_warning,
-    personalize,
     render_confirm,
     render_issue,
     render_issue_mjml,
     render_web_view,
 )
+from mailer.content.rendered import GMAIL_CLIP_BYTES, UNSUBSCRIBE_SLOT, RenderedIssue, personalize
 from mailer.errors import RenderError
 
 TEMPLATES = Path(__file__).parents[1] / "templates"

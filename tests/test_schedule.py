@@ -1,7 +1,8 @@
-"""schedule: ScheduleSpec → APScheduler trigger, with wall-clock times kept across DST."""
+"""schedule: ScheduleSpec → APScheduler trigger, fire times kept across DST, the test clock."""
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
@@ -13,9 +14,23 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from mailer.schedule import ScheduleSpec, cron_trigger, next_fire_time, parse_every, to_trigger
+from mailer.schedule import (
+    Clock,
+    ScheduleSpec,
+    cron_trigger,
+    describe,
+    fire_times,
+    last_slot,
+    next_fire_time,
+    parse_every,
+    to_trigger,
+)
+from mailer.states import utcnow
 
 BERLIN = ZoneInfo("Europe/Berlin")
+SLOT = datetime(2026, 12, 7, 9, 0, tzinfo=BERLIN)
+BIWEEKLY = ScheduleSpec(every="2 weeks", starting=datetime(2026, 12, 7, 9, 0),
+                        timezone="Europe/Berlin")
 
 
 def fires(spec: ScheduleSpec, after: datetime, count: int) -> list[datetime]:
@@ -144,3 +159,38 @@ def test_calendar_schedules_keep_their_wall_clock_time_for_a_year(
     assert {(t.hour, t.minute) for t in times} == {(hour, minute)}
     assert all((b.date() - a.date()).days % (7 * weeks) == 0
                for a, b in zip(times, times[1:], strict=False))
+
+
+def test_the_test_clock_starts_at_test_now_and_runs_on_in_real_time() -> None:
+    clock = Clock(SLOT)
+    first = clock.now()
+    assert abs(first - SLOT) < timedelta(seconds=1)
+    time.sleep(0.05)
+    assert clock.now() - first >= timedelta(seconds=0.05)
+    real = utcnow()
+    assert abs(clock.to_real(clock.to_clock(real)) - real) < timedelta(microseconds=1)
+    assert abs(Clock().now() - utcnow()) < timedelta(seconds=1)
+
+
+def test_the_last_slot_is_found_only_within_the_catch_up_window() -> None:
+    day = timedelta(days=1)
+    assert last_slot(BIWEEKLY, SLOT + timedelta(hours=3), within=day) == SLOT
+    assert last_slot(BIWEEKLY, SLOT, within=day) == SLOT
+    assert last_slot(BIWEEKLY, SLOT + timedelta(hours=25), within=day) is None
+    assert last_slot(BIWEEKLY, SLOT - timedelta(seconds=1), within=day * 30) is None
+    assert last_slot(BIWEEKLY, SLOT + 15 * day, within=2 * day) == SLOT + 14 * day
+    every_minute = ScheduleSpec(cron="* * * * *")
+    now = datetime(2026, 12, 7, 8, 30, 40, tzinfo=UTC)
+    assert last_slot(every_minute, now, within=day) == now.replace(second=0)
+
+
+def test_fire_times_are_bounded_on_both_sides() -> None:
+    times = list(fire_times(BIWEEKLY, after=SLOT, until=SLOT + timedelta(weeks=6)))
+    assert times == [SLOT + timedelta(weeks=2), SLOT + timedelta(weeks=4),
+                     SLOT + timedelta(weeks=6)]
+    assert list(fire_times(BIWEEKLY, after=SLOT, until=SLOT)) == []
+
+
+def test_a_schedule_is_described_in_its_own_words() -> None:
+    assert describe(BIWEEKLY) == "every 2 weeks from 2026-12-07 09:00 Europe/Berlin"
+    assert describe(ScheduleSpec(cron="0 9 * * 1")) == "cron 0 9 * * 1 UTC"

@@ -1,9 +1,8 @@
-"""scheduler: the test clock, the trigger APScheduler runs, slots, and one issue per slot."""
+"""scheduler: the trigger APScheduler runs on the test clock, slots, and one issue per slot."""
 
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -12,10 +11,10 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from mailer.content import Issue, load_issues
-from mailer.runners.scheduler import Clock, Scheduler, SlotTrigger, last_slot
-from mailer.runners.slots import SlotRunner, Snapshot, skip_reasons
-from mailer.schedule import ScheduleSpec
-from mailer.sending.prepare import start_or_resume_send
+from mailer.runners.scheduler import Scheduler, SlotTrigger
+from mailer.runners.slots import LoadedFiles, SlotRunner
+from mailer.schedule import Clock, ScheduleSpec
+from mailer.sending.prepare import skip_reasons, start_or_resume_send
 from mailer.sending.sender import Sender
 from mailer.states import SendStatus, utcnow
 from mailer.store import Store
@@ -38,17 +37,6 @@ def chain(trigger: SlotTrigger, count: int) -> list[datetime]:
         times.append(fire)
         fire = trigger.get_next_fire_time(fire, fire)
     return times
-
-
-def test_the_test_clock_starts_at_test_now_and_runs_on_in_real_time() -> None:
-    clock = Clock(SLOT)
-    first = clock.now()
-    assert abs(first - SLOT) < timedelta(seconds=1)
-    time.sleep(0.05)
-    assert clock.now() - first >= timedelta(seconds=0.05)
-    real = utcnow()
-    assert abs(clock.to_real(clock.to_clock(real)) - real) < timedelta(microseconds=1)
-    assert abs(Clock().now() - utcnow()) < timedelta(seconds=1)
 
 
 def test_the_trigger_fires_on_the_real_clock_when_the_test_clock_runs_ahead() -> None:
@@ -77,18 +65,6 @@ def test_the_trigger_never_answers_a_start_date_that_is_already_over() -> None:
     fire = SlotTrigger(BIWEEKLY, clock).get_next_fire_time(None, utcnow())
     assert fire is not None
     assert clock.to_clock(fire) == datetime(2027, 2, 1, 9, tzinfo=BERLIN)
-
-
-def test_the_last_slot_is_found_only_within_the_catch_up_window() -> None:
-    day = timedelta(days=1)
-    assert last_slot(BIWEEKLY, SLOT + timedelta(hours=3), within=day) == SLOT
-    assert last_slot(BIWEEKLY, SLOT, within=day) == SLOT
-    assert last_slot(BIWEEKLY, SLOT + timedelta(hours=25), within=day) is None
-    assert last_slot(BIWEEKLY, SLOT - timedelta(seconds=1), within=day * 30) is None
-    assert last_slot(BIWEEKLY, SLOT + 15 * day, within=2 * day) == SLOT + 14 * day
-    every_minute = ScheduleSpec(cron="* * * * *")
-    now = datetime(2026, 12, 7, 8, 30, 40, tzinfo=UTC)
-    assert last_slot(every_minute, now, within=day) == now.replace(second=0)
 
 
 def make(slug: str, *, status: str = "ready", send_after: datetime | None = None) -> Issue:
@@ -164,7 +140,7 @@ async def test_an_interrupted_send_goes_first_and_counts_as_the_slots_issue(
     interrupted = await start_or_resume_send(config, newsletter, store, now=SLOT)
     assert interrupted is not None
     second_issue(project)  # due too, and older slots have passed: still the interrupted first
-    snapshot = Snapshot(config, {"ml-issues": load_issues(newsletter.issues, tz=newsletter.tz)})
+    snapshot = LoadedFiles(config, {"ml-issues": load_issues(newsletter.issues, tz=newsletter.tz)})
     async with Sender(config, store) as sender:
         runner = SlotRunner(store, sender, Clock(SLOT + timedelta(minutes=1)),
                             snapshot=lambda: snapshot)
@@ -187,7 +163,7 @@ async def test_a_paused_send_is_left_for_the_author_and_holds_back_new_issues(
     assert paused is not None
     await store.set_send_status(paused.id, SendStatus.PAUSED, "9 of the last 10 failed")
     second_issue(project)
-    snapshot = Snapshot(config, {"ml-issues": load_issues(newsletter.issues, tz=newsletter.tz)})
+    snapshot = LoadedFiles(config, {"ml-issues": load_issues(newsletter.issues, tz=newsletter.tz)})
     async with Sender(config, store) as sender:
         runner = SlotRunner(store, sender, Clock(SLOT + timedelta(weeks=2, minutes=1)),
                             snapshot=lambda: snapshot)
@@ -214,7 +190,7 @@ async def test_a_start_catches_up_the_latest_slot_only_when_it_had_no_issue(
         clock = Clock(SLOT + timedelta(seconds=0.1))
     else:
         clock = Clock(SLOT + timedelta(hours=2))  # a send just now is after the slot
-    snapshot = Snapshot(config, {"ml-issues": []})
+    snapshot = LoadedFiles(config, {"ml-issues": []})
     async with Sender(config, store) as sender:
         runner = SlotRunner(store, sender, clock, snapshot=lambda: snapshot)
         async with Scheduler(runner, store, clock) as scheduler:

@@ -22,6 +22,7 @@ from mailer.sending.prepare import start_or_resume_send
 from mailer.sending.sender import Sender
 from mailer.states import SubscriptionStatus
 from mailer.store import Store
+from tests import storehelp
 from tests.conftest import Project
 from tests.smtpd import RecordingServer
 
@@ -151,7 +152,7 @@ async def test_a_message_changed_on_the_way_fails_verification(
 
 async def subscribe_one(store: Store) -> None:
     await store.add_subscriber("ada@example.com", newsletter="ml-issues", confirmed=True)
-    sub = await store.subscription_of("ada@example.com", "ml-issues")
+    sub = await storehelp.subscription_of(store, "ada@example.com", "ml-issues")
     assert sub is not None and sub.status == SubscriptionStatus.CONFIRMED
 
 

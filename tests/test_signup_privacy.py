@@ -36,6 +36,7 @@ from mailer.states import SubscriptionStatus
 from mailer.store import Store
 from mailer.web import create_app, metrics
 from mailer.web.confirmations import ConfirmationQueue
+from tests import storehelp
 from tests.conftest import Project
 from tests.smtpd import RecordingServer, ServerThread
 
@@ -275,7 +276,7 @@ async def addresses_in_each_state(http: httpx.AsyncClient, store: Store, sent: S
     for email in made["confirmed"] + made["unsubscribed"]:
         await store.add_subscriber(email, newsletter="ml-issues", confirmed=True)
     for email in made["unsubscribed"]:
-        sub = await store.subscription_of(email, "ml-issues")
+        sub = await storehelp.subscription_of(store, email, "ml-issues")
         assert sub is not None
         await store.unsubscribe_subscription(sub.id, now=sub.created_at)
     await mails(sent, before + count)
@@ -373,7 +374,7 @@ async def test_the_daemon_sends_the_confirmation_email_after_its_answer(
 
     assert answer.status_code == 200
     assert [m.rcpt_tos for m in smtpd.messages] == [["ada@example.com"]]
-    sub = await store.subscription_of("ada@example.com", "ml-issues")
+    sub = await storehelp.subscription_of(store, "ada@example.com", "ml-issues")
     assert sub is not None and sub.confirm_sent_at is not None and not sub.confirm_unsent
 
 
@@ -388,7 +389,7 @@ async def test_a_confirmation_email_still_waiting_at_shutdown_is_sent_on_the_nex
                                     data={"email": "ada@example.com"})).status_code == 200
         # The server stopped while the relay still had not taken the email.
         assert slow.messages == []
-    stopped = await store.subscription_of("ada@example.com", "ml-issues")
+    stopped = await storehelp.subscription_of(store, "ada@example.com", "ml-issues")
     assert stopped is not None and stopped.confirm_sent_at is None and not stopped.confirm_unsent
 
     async with RecordingServer() as smtpd:
@@ -399,7 +400,7 @@ async def test_a_confirmation_email_still_waiting_at_shutdown_is_sent_on_the_nex
             await queue_of(app).join()
 
     assert [m.rcpt_tos for m in smtpd.messages] == [["ada@example.com"]]
-    sent = await store.subscription_of("ada@example.com", "ml-issues")
+    sent = await storehelp.subscription_of(store, "ada@example.com", "ml-issues")
     assert sent is not None and sent.confirm_sent_at is not None and not sent.confirm_unsent
 
 
@@ -430,7 +431,7 @@ async def test_a_confirmation_link_from_before_unsubscribing_does_not_confirm_th
     email = "ada@example.com"
 
     async def status() -> SubscriptionStatus | None:
-        sub = await store.subscription_of(email, "ml-issues")
+        sub = await storehelp.subscription_of(store, email, "ml-issues")
         return sub.status if sub else None
 
     async with served(app) as url, client(url) as http:
@@ -439,7 +440,7 @@ async def test_a_confirmation_link_from_before_unsubscribing_does_not_confirm_th
         [old] = links_to(smtpd, email)
         if confirmed_first:
             assert (await confirm(http, old)).status_code == 200
-        sub = await store.subscription_of(email, "ml-issues")
+        sub = await storehelp.subscription_of(store, email, "ml-issues")
         assert sub is not None
         left = await http.post(f"/unsubscribe/{tokens.unsubscribe_token(KEY, sub.id)}",
                                data={"List-Unsubscribe": "One-Click"})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import UTC, datetime
 from typing import Any
 
@@ -12,10 +13,12 @@ from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy.engine import Connection
 
-from mailer.states import DeliveryStatus, SubscriptionStatus, utcnow
+from mailer.rows import SendRow, SubscriptionRow
+from mailer.states import DeliveryStatus, SendStatus, SubscriptionStatus, utcnow
 from mailer.store import Outcome, Store, db
 from mailer.store import sends as store_sends
-from mailer.store.models import Base
+from mailer.store.models import Base, Subscription
+from tests import storehelp
 from tests.conftest import Project
 
 
@@ -33,11 +36,24 @@ async def test_opening_an_existing_database_again_keeps_its_data(
     project: Project, store: Store,
 ) -> None:
     await store.add_subscriber("ada@example.com", newsletter="ml-issues", confirmed=True)
-    again = await Store.open(project.db_url)  # migrates once more: must be a no-op
-    try:
+    # Opening migrates once more: that must be a no-op.
+    async with Store.open(project.db_url) as again:
         assert await again.count_recipients("ml-issues") == 1
-    finally:
-        await again.close()
+        assert again.engine.pool.checkedin() > 0
+    # Leaving the block closed every connection it had pooled.
+    assert again.engine.pool.checkedin() == 0
+
+
+async def test_the_store_hands_out_frozen_rows_not_orm_objects(store: Store) -> None:
+    sub = await store.add_subscriber("ada@example.com", newsletter="ml-issues", confirmed=True)
+    send, created = await store.open_send(newsletter="ml-issues", slug="one", subject="One",
+                                          preheader="", html="<p>1</p>", text="1",
+                                          web_url="https://example.com/one")
+    assert created and isinstance(send, SendRow) and isinstance(sub, SubscriptionRow)
+    assert await store.get_send(send.id) == send
+    assert await store.subscription(sub.id) == sub
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        send.status = SendStatus.PAUSED  # type: ignore[misc]
 
 
 async def test_a_new_subscriber_is_pending_and_confirming_stamps_the_time(store: Store) -> None:
@@ -78,7 +94,7 @@ async def test_removing_a_subscriber_keeps_the_send_history_with_the_address(
     assert await store.remove_subscriber("ada@example.com", newsletter="ml-issues")
     assert not await store.remove_subscriber("ada@example.com", newsletter="ml-issues")
 
-    [delivery] = await store.deliveries(send.id)
+    [delivery] = await storehelp.deliveries(store, send.id)
     assert delivery.email == "ada@example.com" and delivery.subscription_id is None
     assert delivery.status == DeliveryStatus.PENDING
     assert [row async for row in store.subscribers(newsletter="ml-issues")] == []
@@ -92,7 +108,7 @@ async def test_only_confirmed_subscribers_are_queued_for_an_issue(store: Store) 
                                           preheader="", html="<p/>", text="t",
                                           web_url="http://x")
     assert created
-    assert [d.email for d in await store.deliveries(send.id)] == ["yes@example.com"]
+    assert [d.email for d in await storehelp.deliveries(store, send.id)] == ["yes@example.com"]
     assert await store.sent_slugs("ml-issues") == {"one"}
     assert (await store.unfinished_send("ml-issues")) is not None
 
@@ -100,7 +116,7 @@ async def test_only_confirmed_subscribers_are_queued_for_an_issue(store: Store) 
 async def test_a_confirmed_import_never_resubscribes_someone_who_left(store: Store) -> None:
     left = await store.add_subscriber("left@example.com", newsletter="ml-issues", confirmed=True)
     async with store.session.begin() as s:
-        row = await s.get(type(left), left.id)
+        row = await s.get(Subscription, left.id)
         assert row is not None
         row.status = SubscriptionStatus.UNSUBSCRIBED
     await store.add_subscriber("pending@example.com", newsletter="ml-issues")
@@ -156,7 +172,7 @@ async def test_the_journal_writes_what_the_store_reads_back(store: Store) -> Non
             Outcome(ids["refused@example.com"], DeliveryStatus.FAILED, 550, "5.1.1 no such user",
                     bounce=True),
         ]) == set()
-    rows = {d.email: d for d in await store.deliveries(send.id)}
+    rows = {d.email: d for d in await storehelp.deliveries(store, send.id)}
     sent, retry, refused = (rows[f"{n}@example.com"] for n in ("sent", "retry", "refused"))
     assert sent.status == DeliveryStatus.SENT and sent.message_id == "<m1@example.com>"
     assert sent.sent_at is not None and before <= sent.sent_at <= utcnow()
@@ -178,14 +194,14 @@ async def test_a_long_list_is_queued_chunk_by_chunk_and_counted_whole_from_the_s
                                    newsletter="ml-issues", confirmed=True)
     send, _ = await store.open_send(newsletter="ml-issues", slug="one", subject="s",
                                     preheader="", html="<p/>", text="t", web_url="http://x")
-    assert len(await store.deliveries(send.id)) == 3  # the first chunk only
+    assert len(await storehelp.deliveries(store, send.id)) == 3  # the first chunk only
     # Progress and "is it finished?" count the whole list from the start.
     assert (await store.delivery_counts(send.id))[DeliveryStatus.PENDING] == 7
     assert await store.open_deliveries(send.id) == 7
     # Someone confirmed while the send runs is queued when the sending reaches them.
     await store.add_subscriber("late@example.com", newsletter="ml-issues", confirmed=True)
     assert [await store.queue_more(send.id) for _ in range(4)] == [3, 2, 0, 0]
-    emails = [d.email for d in await store.deliveries(send.id)]
+    emails = [d.email for d in await storehelp.deliveries(store, send.id)]
     assert emails == [f"r{i}@example.com" for i in range(7)] + ["late@example.com"]
     assert (await store.get_send(send.id)).queued_at is not None
     assert await store.open_deliveries(send.id) == 8

@@ -16,6 +16,7 @@ from mailer.errors import SubscriberError, TokenError
 from mailer.states import SubscriptionStatus
 from mailer.store import Store
 from mailer.store.models import Subscription
+from tests import storehelp
 from tests.conftest import Project
 from tests.smtpd import RecordingServer
 from tests.test_tokens import confirm_token_signed_at
@@ -48,7 +49,7 @@ async def sign_up(config: Config, store: Store, email: str, *, name: str = "",
 
 
 async def status_of(store: Store, email: str) -> SubscriptionStatus | None:
-    sub = await store.subscription_of(email, "ml-issues")
+    sub = await storehelp.subscription_of(store, email, "ml-issues")
     return sub.status if sub else None
 
 
@@ -317,7 +318,7 @@ async def test_a_confirmation_link_from_before_a_bounce_does_not_confirm_the_nex
     assert await sign_up(config, store, "ada@example.com", now=T0)
     [old] = confirm_links(smtpd, "ada@example.com")
     await subscriptions.confirm(config, store, old.rsplit("/", 1)[1])
-    sub = await store.subscription_of("ada@example.com", "ml-issues")
+    sub = await storehelp.subscription_of(store, "ada@example.com", "ml-issues")
     assert sub is not None
     async with store.session.begin() as s:  # what a hard bounce of an issue does (journal)
         await s.execute(update(Subscription).where(Subscription.id == sub.id)

@@ -21,9 +21,9 @@ from mailer.cli.common import (
     run_async,
     state,
 )
+from mailer.cli.ports import StatusStore
 from mailer.errors import InputError
-from mailer.states import DeliveryStatus, SendStatus, utcnow
-from mailer.store import Store
+from mailer.states import SendStatus, utcnow
 
 app = typer.Typer(no_args_is_help=True, add_completion=False,
                   help="Markdown newsletters delivered on schedule, exactly once.")
@@ -94,14 +94,17 @@ def send_now(
     from mailer.runners import worker
 
     cfg = state.config()
-    if queue:
-        out.print(run_async(worker.queue_issue(cfg, newsletter, now=now(cfg),
-                                               issue_path=issue)), highlight=False)
-        return
-    code = run_async(cli_send.send_now(
-        cfg, cfg.newsletter(newsletter), issue_path=issue, dry_run=dry_run, to=to, yes=yes,
-        resend_unknown=resend_unknown, now=now(cfg), console=out, force=force, resume=resume,
-    ))
+    with cli_send.command_logs(cfg):
+        if queue:
+            out.print(run_async(worker.queue_issue(cfg, newsletter, now=now(cfg),
+                                                   issue_path=issue, force=force)),
+                      highlight=False)
+            return
+        code = run_async(cli_send.send_now(
+            cfg, cfg.newsletter(newsletter), issue_path=issue, dry_run=dry_run, to=to,
+            yes=yes, resend_unknown=resend_unknown, now=now(cfg), console=out, force=force,
+            resume=resume,
+        ))
     raise typer.Exit(code)
 
 
@@ -128,15 +131,15 @@ def preview(
              "repeat for several widths")] = None,
 ) -> None:
     """Render an issue exactly as subscribers get it."""
-    from mailer.cli import send as cli_send
     from mailer.content import render
     from mailer.content import screenshots as browser
+    from mailer.sending import preview as previews
 
     fmt = "text" if text else format
-    if fmt not in cli_send.FORMATS:
+    if fmt not in previews.FORMATS:
         raise InputError(f"unknown format {fmt!r}: use html, text, mjml or eml", field="--format")
     cfg = state.config()
-    shown = cli_send.load_preview(cfg, file, newsletter_id=newsletter)
+    shown = previews.load_preview(cfg, file, newsletter_id=newsletter)
     if shown.rendered.clipped:
         err.print(f"[yellow]warning:[/yellow] {file}: {render.clip_warning(shown.rendered)}",
                   highlight=False, soft_wrap=True)
@@ -144,7 +147,7 @@ def preview(
     if not (out_path or open_ or width):
         sys.stdout.buffer.write(data)
         return
-    files = cli_send.write_preview(shown, data, out=out_path, open_files=open_,
+    files = previews.write_preview(shown, data, out=out_path, open_files=open_,
                                    widths=width or [])
     for path in files.written:
         err.print(f"wrote {path}", highlight=False, soft_wrap=True)
@@ -160,15 +163,15 @@ def preview(
 @fails_cleanly
 def status(newsletter: Annotated[str | None, typer.Argument()] = None) -> None:
     """Show each newsletter's next run and last send, then every send: sent, failed, open."""
-    from mailer.runners.scheduler import describe
-    from mailer.schedule import next_fire_time
+    from mailer.schedule import describe, next_fire_time
+    from mailer.sending.report import DeliveryCounts
 
     cfg = state.config()
     if newsletter:
         cfg.newsletter(newsletter)
     shown = [cfg.newsletter(newsletter)] if newsletter else list(cfg.newsletters.values())
 
-    async def schedules(store: Store) -> Table:
+    async def schedules(store: StatusStore) -> Table:
         table = Table(Column("newsletter", no_wrap=True), "schedule",
                       Column("next run", no_wrap=True), Column("last send", no_wrap=True),
                       "state", "sent", "failed", "open", box=box.SIMPLE_HEAD, pad_edge=False,
@@ -182,21 +185,16 @@ def status(newsletter: Annotated[str | None, typer.Argument()] = None) -> None:
             if last is None:
                 table.add_row(*row, "never", "", "", "", "")
                 continue
-            c = await store.delivery_counts(last.id)
+            c = DeliveryCounts.of(await store.delivery_counts(last.id))
             table.add_row(*row, f"{last.slug} ({last.created_at:%Y-%m-%d %H:%M} UTC)",
-                          last.status.value, str(c[DeliveryStatus.SENT]),
-                          str(c[DeliveryStatus.FAILED]),
-                          str(c[DeliveryStatus.PENDING] + c[DeliveryStatus.SENDING]))
+                          last.status.value, str(c.sent), str(c.failed), str(c.open))
         return table
 
     async def go() -> tuple[Table, Table, list[str]]:
-        store = await open_store(cfg)
-        try:
+        async with open_store(cfg) as store:
             return await schedules(store), await sends(store), await problems(store)
-        finally:
-            await store.close()
 
-    async def problems(store: Store) -> list[str]:
+    async def problems(store: StatusStore) -> list[str]:
         """Why unfinished sends wait, their current rate, and the failures with replies."""
         lines = []
         for send in await store.sends(newsletter):
@@ -212,16 +210,14 @@ def status(newsletter: Annotated[str | None, typer.Argument()] = None) -> None:
                 lines.append(f"  failed {email}: {reply}")  # the reply starts with its code
         return lines
 
-    async def sends(store: Store) -> Table:
+    async def sends(store: StatusStore) -> Table:
         table = Table(Column("issue", no_wrap=True), "state", "sent", "failed", "open",
                       "unknown", "skipped", Column("started (UTC)", no_wrap=True),
                       box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
         for send in await store.sends(newsletter):
-            c = await store.delivery_counts(send.id)
-            table.add_row(f"{send.newsletter}/{send.slug}", send.status.value,
-                          str(c[DeliveryStatus.SENT]), str(c[DeliveryStatus.FAILED]),
-                          str(c[DeliveryStatus.PENDING] + c[DeliveryStatus.SENDING]),
-                          str(c[DeliveryStatus.UNKNOWN]), str(c[DeliveryStatus.SKIPPED]),
+            c = DeliveryCounts.of(await store.delivery_counts(send.id))
+            table.add_row(f"{send.newsletter}/{send.slug}", send.status.value, str(c.sent),
+                          str(c.failed), str(c.open), str(c.unknown), str(c.skipped),
                           f"{send.created_at:%Y-%m-%d %H:%M}")
         return table
 

@@ -17,7 +17,7 @@ from mailer import config as config_mod
 from mailer.config import Config
 from mailer.errors import MailerError
 from mailer.states import utcnow
-from mailer.store import Store
+from mailer.store import OpeningStore, Store
 
 out = Console()
 err = Console(stderr=True)
@@ -71,5 +71,6 @@ def now(cfg: Config) -> datetime:
     return cfg.settings.test_now or utcnow()
 
 
-async def open_store(cfg: Config) -> Store:
-    return await Store.open(cfg.settings.database_url)
+def open_store(cfg: Config) -> OpeningStore:
+    """The configured database: `async with open_store(cfg) as store:` closes it after."""
+    return Store.open(cfg.settings.database_url)

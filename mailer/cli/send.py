@@ -1,10 +1,12 @@
-"""The work behind `mailer send-now` and `mailer preview`: progress, summary and exit code."""
+"""The work behind `mailer send-now`: the question, the progress bar, the summary and the
+exit code. What to send is decided by mailer.sending.prepare; this only presents it."""
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import sys
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 
@@ -12,41 +14,34 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from mailer import content, tokens
+from mailer import logs
 from mailer.config import Config, Newsletter
 from mailer.content import render
-from mailer.content import screenshots as browser
-from mailer.delivery.message import Letter, build_message, letter_of, message_id
-from mailer.errors import ContentError, InputError
-from mailer.keys import make_private_dir, token_key
-from mailer.sending.prepare import start_or_resume_send
-from mailer.sending.sender import Sender, send_one
-from mailer.states import DeliveryStatus, SendStatus, utcnow
-from mailer.store import Outcome, Store
-
-SAMPLE_RECIPIENT = ("reader@example.com", "Sample Reader")
-
-
-def _issue_for(cfg: Config, newsletter: Newsletter, path: Path | None, sent: set[str],
-               now: datetime) -> content.Issue | None:
-    if path is not None:
-        return content.load_issue(path, tz=newsletter.tz)
-    return content.pick_due_issue(content.load_issues(newsletter.issues, tz=newsletter.tz),
-                                  sent, now)
+from mailer.delivery.message import letter_of
+from mailer.delivery.single import send_one
+from mailer.errors import InputError
+from mailer.rows import Outcome, SendRow
+from mailer.sending import prepare
+from mailer.sending.preview import sample_message
+from mailer.sending.report import DeliveryCounts, Report, deliver_with_report
+from mailer.sending.sender import Sender
+from mailer.states import DeliveryStatus, SendStatus
+from mailer.store import Store
 
 
-def _letter(cfg: Config, newsletter: Newsletter, issue: content.Issue) -> Letter:
-    rendered = render.render_issue(issue, newsletter, cfg.settings, templates_dir=cfg.templates_dir)
-    return letter_of(newsletter, rendered, base_url=cfg.settings.base_url)
-
-
-def _sample_message(cfg: Config, newsletter: Newsletter, letter: Letter, to: str, name: str
-                    ) -> bytes:
-    # A token for subscription 0 matches nobody: the link in a test copy is harmless.
-    key = token_key(cfg.settings)
-    url = f"{cfg.settings.base_url}/unsubscribe/{tokens.unsubscribe_token(key, 0)}"
-    return build_message(letter, to_email=to, to_name=name, unsubscribe_url=url,
-                         msg_id=message_id(letter.sender_domain), date=utcnow()).as_bytes()
+@contextlib.contextmanager
+def command_logs(cfg: Config) -> Iterator[None]:
+    """Log records of the command go to stderr in the daemon's format while it runs; the
+    process's logging is put back afterwards (the command may run inside another program)."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    # Warnings only: a command's own output is its report, the log adds what went wrong.
+    logs.configure(json_lines=cfg.settings.log_json, level=logging.WARNING)
+    try:
+        yield
+    finally:
+        root.handlers[:] = handlers
+        root.setLevel(level)
 
 
 async def send_now(cfg: Config, newsletter: Newsletter, *, issue_path: Path | None,
@@ -57,42 +52,52 @@ async def send_now(cfg: Config, newsletter: Newsletter, *, issue_path: Path | No
 
     An issue Gmail would clip is refused (ContentError) unless `force`; an interrupted send
     is finished whatever its size.
+
+    Raises:
+        ContentError: an issue file is broken, or Gmail would clip the issue.
+        InputError: the given issue was already sent, another send is unfinished, or there
+            is no terminal to ask on without `yes`.
     """
-    store = await Store.open(cfg.settings.database_url)
-    try:
+    async with Store.open(cfg.settings.database_url) as store:
         if dry_run or to:
             return await _dry_run_or_test_copy(cfg, newsletter, store, issue_path=issue_path,
                                                to=to, now=now, console=console, force=force)
-        unfinished = await store.unfinished_send(newsletter.id)
-        picked: list[content.Issue] | None = None  # read and checked once, sent as checked
-        if unfinished is None and resume:
-            console.print(f"nothing to resume: {newsletter.id} has no interrupted or paused "
-                          "send")
-            return 0
-        if unfinished is None:
-            issue = _issue_for(cfg, newsletter, issue_path, await store.sent_slugs(newsletter.id),
-                               now)
-            if issue is None:
-                console.print(f"nothing to send: {newsletter.id} has no due issue "
-                              "(ready, send_after passed, not sent yet)")
-                return 0
-            check_clipping(_letter(cfg, newsletter, issue).rendered, issue, force=force,
-                           console=console)
+        chosen = await prepare.choose(cfg, newsletter, store, now=now, issue_path=issue_path,
+                                      force=force, resume_only=resume)
+        if isinstance(chosen, prepare.Prepared):
+            _warn_if_forced(chosen, console)
             # Counted only to ask: on a long list the count costs the first message time.
-            if not yes and not _confirm(console, f"Send {issue.subject!r} to "
+            if not yes and not _confirm(console, f"Send {chosen.issue.subject!r} to "
                                         f"{await store.count_recipients(newsletter.id)} "
                                         f"subscriber(s) of {newsletter.id}?"):
                 console.print("nothing sent")
                 return 1
-            picked = [issue]
-        send = await start_or_resume_send(cfg, newsletter, store, now=now, issue_path=issue_path,
-                                          issues=picked)
-        assert send is not None
+            chosen = await prepare.open_prepared(store, chosen)
+        if isinstance(chosen, prepare.Skip):
+            return _skipped(chosen, console)
         if resend_unknown:
-            await store.requeue_unknown(send.id)
-        return await _deliver_with_progress(cfg, newsletter, store, send.id, console)
-    finally:
-        await store.close()
+            await store.requeue_unknown(chosen.send.id)
+        return await _deliver_with_progress(cfg, newsletter, store, chosen.send, console)
+
+
+def _skipped(skip: prepare.Skip, console: Console) -> int:
+    error = skip.error()
+    if error is not None:
+        raise error
+    if skip.reason is prepare.SkipReason.NOTHING_TO_RESUME:
+        console.print(f"nothing to resume: {skip.newsletter} has no interrupted or paused send")
+    else:
+        console.print(f"nothing to send: {skip.newsletter} has no due issue "
+                      "(ready, send_after passed, not sent yet)")
+    return 0
+
+
+def _warn_if_forced(prepared: prepare.Prepared, console: Console) -> None:
+    # Past the guard and still clipped: --force said to send it anyway.
+    if prepared.rendered.clipped:
+        console.print(f"[yellow]warning: {prepared.issue.path}: "
+                      f"{render.clip_warning(prepared.rendered)}; sending anyway (--force)"
+                      "[/yellow]", soft_wrap=True)
 
 
 def _confirm(console: Console, question: str) -> bool:
@@ -104,174 +109,81 @@ def _confirm(console: Console, question: str) -> bool:
 async def _dry_run_or_test_copy(cfg: Config, newsletter: Newsletter, store: Store, *,
                                 issue_path: Path | None, to: str | None, now: datetime,
                                 console: Console, force: bool) -> int:
-    issue = _issue_for(cfg, newsletter, issue_path, await store.sent_slugs(newsletter.id), now)
-    if issue is None:
+    # A given issue is shown and test-copied even when it went out already.
+    picked = await prepare.pick_issue(cfg, newsletter, store, now=now, issue_path=issue_path,
+                                      sent=set() if issue_path else None)
+    if isinstance(picked, prepare.Skip):
         console.print(f"nothing to send: {newsletter.id} has no due issue")
         return 0
-    letter = _letter(cfg, newsletter, issue)
+    letter = letter_of(newsletter, picked.rendered, base_url=cfg.settings.base_url)
     if to:
         from mailer.addresses import normalize_email
 
         address = normalize_email(to, where="--to")
-        check_clipping(letter.rendered, issue, force=force, console=console)
-        data = _sample_message(cfg, newsletter, letter, address, "")
+        refused = prepare.refuse_clipped(picked, force=force)
+        error = refused.error() if refused is not None else None
+        if error is not None:
+            raise error
+        _warn_if_forced(picked, console)
+        data = sample_message(cfg, letter, address, "")
         code, reply = await send_one(cfg, letter.sender_address, address, data)
-        console.print(f"test copy of {issue.slug!r} sent to {address}: {code} {reply}")
+        console.print(f"test copy of {picked.issue.slug!r} sent to {address}: {code} {reply}")
         return 0
     count = await store.count_recipients(newsletter.id)
-    size = letter.rendered.html_bytes
-    console.print(f"dry run: {issue.slug!r} ({issue.subject!r}) would go to {count} confirmed "
-                  f"subscriber(s) of {newsletter.id}; HTML {size / 1024:.1f} KB; nothing sent")
-    if letter.rendered.clipped:
-        console.print(f"[yellow]warning: {issue.path}: {render.clip_warning(letter.rendered)}; "
+    size = picked.rendered.html_bytes
+    console.print(f"dry run: {picked.issue.slug!r} ({picked.issue.subject!r}) would go to "
+                  f"{count} confirmed subscriber(s) of {newsletter.id}; "
+                  f"HTML {size / 1024:.1f} KB; nothing sent")
+    if picked.rendered.clipped:
+        console.print(f"[yellow]warning: {picked.issue.path}: "
+                      f"{render.clip_warning(picked.rendered)}; "
                       "send-now refuses it without --force[/yellow]", soft_wrap=True)
     return 0
 
 
+class _ProgressBar:
+    """The delivery report as a rich progress bar (a DeliveryObserver)."""
+
+    def __init__(self, progress: Progress, label: str) -> None:
+        self.progress = progress
+        self.task = progress.add_task(label, total=None, rate="")
+
+    def started(self, send: SendRow, counts: DeliveryCounts) -> None:
+        self.progress.update(self.task, total=counts.open)
+
+    def delivered(self, outcome: Outcome) -> None:
+        if outcome.status != DeliveryStatus.PENDING:  # PENDING: a retry comes later
+            self.progress.advance(self.task)
+
+    def finished(self, report: Report) -> None:
+        pass  # the summary follows the bar
+
+
 async def _deliver_with_progress(cfg: Config, newsletter: Newsletter, store: Store,
-                                 send_id: int, console: Console) -> int:
-    send = await store.get_send(send_id)
-    before = await store.delivery_counts(send_id)
-    open_count = before[DeliveryStatus.PENDING] + before[DeliveryStatus.SENDING]
+                                 send: SendRow, console: Console) -> int:
     columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                TextColumn("{task.fields[rate]}"), TimeRemainingColumn())
-    with Progress(*columns, console=console, transient=False) as progress:
-        task = progress.add_task(f"{newsletter.id}/{send.slug}", total=open_count, rate="")
-
-        def advance(outcome: Outcome) -> None:
-            if outcome.status != DeliveryStatus.PENDING:
-                progress.advance(task)
-
-        async with Sender(cfg, store) as sender:
-            if sender.unknown_released:
-                console.print(f"[yellow]{sender.unknown_released} delivery(ies) were in flight "
-                              "when a sender died: recorded as unknown[/yellow]")
-            await sender.deliver(send, newsletter, on_outcome=advance)
-    counts = await store.delivery_counts(send_id)
-    console.print(_summary(counts))
-    for email, _, reply in await store.failures(send_id):
+    async with Sender(cfg, store) as sender:
+        if sender.unknown_released:
+            console.print(f"[yellow]{sender.unknown_released} delivery(ies) were in flight "
+                          "when a sender died: recorded as unknown[/yellow]")
+        with Progress(*columns, console=console, transient=False) as progress:
+            bar = _ProgressBar(progress, f"{newsletter.id}/{send.slug}")
+            report = await deliver_with_report(sender, send, newsletter, bar)
+    console.print(_summary(report.counts))
+    for email, _, reply in await store.failures(send.id):
         console.print(f"  failed {email}: {reply}", highlight=False)  # reply has the code
-    after = await store.get_send(send_id)
-    if after.status == SendStatus.PAUSED:
-        console.print(f"[yellow]paused: {after.pause_reason}. Fix the relay, then run "
+    if report.send.status == SendStatus.PAUSED:
+        console.print(f"[yellow]paused: {report.send.pause_reason}. Fix the relay, then run "
                       f"`mailer send-now {newsletter.id}` to go on.[/yellow]", soft_wrap=True)
     if cfg.settings.smtp_url == "capture":
         console.print(f"captured messages are in {cfg.settings.var_dir / 'outbox'} (a Maildir; "
                       "open the files in new/ with any mail program)", soft_wrap=True)
-    undelivered = sum(counts[s] for s in (DeliveryStatus.FAILED, DeliveryStatus.UNKNOWN,
-                                          DeliveryStatus.PENDING, DeliveryStatus.SENDING))
-    return 0 if undelivered == 0 else 1
+    return 0 if report.counts.undelivered == 0 else 1
 
 
-def _summary(counts: dict[DeliveryStatus, int]) -> Table:
+def _summary(counts: DeliveryCounts) -> Table:
     table = Table("sent", "failed", "retrying", "unknown", "skipped", title="summary")
-    table.add_row(str(counts[DeliveryStatus.SENT]), str(counts[DeliveryStatus.FAILED]),
-                  str(counts[DeliveryStatus.PENDING] + counts[DeliveryStatus.SENDING]),
-                  str(counts[DeliveryStatus.UNKNOWN]), str(counts[DeliveryStatus.SKIPPED]))
+    table.add_row(str(counts.sent), str(counts.failed), str(counts.open), str(counts.unknown),
+                  str(counts.skipped))
     return table
-
-
-FORMATS = ("html", "text", "mjml", "eml")
-
-
-@dataclass(frozen=True)
-class IssuePreview:
-    """An issue rendered exactly as subscribers get it, for a sample recipient."""
-
-    cfg: Config
-    newsletter: Newsletter
-    issue: content.Issue
-    letter: Letter
-
-    @property
-    def rendered(self) -> render.RenderedIssue:
-        return self.letter.rendered
-
-    def parts(self) -> tuple[str, str]:
-        """(html, text) with a sample unsubscribe link that matches nobody."""
-        sample = f"{self.cfg.settings.base_url}/unsubscribe/SAMPLE"
-        return render.personalize(self.rendered, unsubscribe_url=sample)
-
-    def as_format(self, fmt: str) -> bytes:
-        """html or text: the parts; mjml: the source after Jinja, before mjml-python;
-        eml: the whole message, headers and all."""
-        if fmt == "mjml":
-            return render.render_issue_mjml(self.issue, self.newsletter, self.cfg.settings,
-                                            templates_dir=self.cfg.templates_dir).encode()
-        if fmt == "eml":
-            return _sample_message(self.cfg, self.newsletter, self.letter, *SAMPLE_RECIPIENT)
-        html, text = self.parts()
-        return (html if fmt == "html" else text).encode()
-
-
-def load_preview(cfg: Config, path: Path, *, newsletter_id: str | None) -> IssuePreview:
-    """Render the issue file at `path` with its newsletter's template."""
-    newsletter = _newsletter_of(cfg, path, newsletter_id)
-    issue = content.load_issue(path, tz=newsletter.tz)
-    return IssuePreview(cfg, newsletter, issue, _letter(cfg, newsletter, issue))
-
-
-def preview(cfg: Config, path: Path, *, fmt: str, newsletter_id: str | None) -> bytes:
-    """The bytes `mailer preview` shows for an issue in the given format."""
-    return load_preview(cfg, path, newsletter_id=newsletter_id).as_format(fmt)
-
-
-@dataclass(frozen=True)
-class PreviewFiles:
-    written: list[Path]
-    html: Path | None  # the HTML file to open in a browser (--open)
-
-
-def write_preview(shown: IssuePreview, data: bytes, *, out: Path | None, open_files: bool,
-                  widths: Sequence[int]) -> PreviewFiles:
-    """Write `mailer preview`'s files: `data` to `out`; with `open_files` the HTML and text
-    parts beside it (or in var/preview/); one PNG per width, screenshot by Chromium.
-
-    Raises:
-        MailerError: a width was asked for and Chromium cannot be driven here.
-    """
-    folder = out.parent if out else shown.cfg.settings.var_dir / "preview"
-    stem = out.stem if out else shown.issue.slug
-    files: dict[Path, bytes] = {out: data} if out else {}
-    html_path = None
-    if open_files:
-        html, text = shown.parts()
-        html_path = folder / f"{stem}.html"
-        files.setdefault(html_path, html.encode())
-        files.setdefault(folder / f"{stem}.txt", text.encode())
-    for path, payload in files.items():
-        make_private_dir(path.parent)  # var/ holds the database too: only its owner reads it
-        path.write_bytes(payload)
-    written = list(files)
-    if widths:
-        shots = [(width, folder / f"{stem}-{width}px.png") for width in widths]
-        written += browser.screenshots(shown.parts()[0], shots)
-    return PreviewFiles(written=written, html=html_path)
-
-
-def check_clipping(rendered: render.RenderedIssue, issue: content.Issue, *, force: bool,
-                   console: Console) -> None:
-    """Refuse to send an issue Gmail would clip, unless forced.
-
-    Raises:
-        ContentError: the issue's HTML is past Gmail's limit and `force` is False.
-    """
-    if not rendered.clipped:
-        return
-    if not force:
-        raise ContentError(f"{render.clip_warning(rendered)}, or add --force to send it anyway",
-                           file=str(issue.path))
-    console.print(f"[yellow]warning: {issue.path}: {render.clip_warning(rendered)}; "
-                  "sending anyway (--force)[/yellow]", soft_wrap=True)
-
-
-def _newsletter_of(cfg: Config, path: Path, newsletter_id: str | None) -> Newsletter:
-    if newsletter_id:
-        return cfg.newsletter(newsletter_id)
-    folder = path.resolve().parent
-    for newsletter in cfg.newsletters.values():
-        if newsletter.issues == folder:
-            return newsletter
-    if len(cfg.newsletters) == 1:
-        return next(iter(cfg.newsletters.values()))
-    raise InputError("which newsletter's template? add --newsletter ID", file=str(path))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import sys
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Annotated
 
@@ -12,6 +13,8 @@ from rich.table import Table
 
 from mailer import subscriptions
 from mailer.cli.common import err, fails_cleanly, open_store, out, run_async, state
+from mailer.cli.ports import ListStore
+from mailer.config import Config
 from mailer.errors import InputError
 from mailer.states import SubscriptionStatus
 from mailer.subscriptions import csvcells
@@ -20,6 +23,11 @@ app = typer.Typer(no_args_is_help=True, help="Add, import, export and remove sub
 
 
 ListOpt = Annotated[str, typer.Option("--list", help="the newsletter id")]
+
+
+def _list_store(cfg: Config) -> AbstractAsyncContextManager[ListStore]:
+    """The database as these commands use it: closed when the command's work is done."""
+    return open_store(cfg)
 
 
 @app.command("add")
@@ -35,12 +43,9 @@ def subscribers_add(
     newsletter = cfg.newsletter(list_)
 
     async def go() -> str:
-        store = await open_store(cfg)
-        try:
+        async with _list_store(cfg) as store:
             return await subscriptions.add(cfg, store, newsletter, email, name=name,
                                            confirmed=confirmed)
-        finally:
-            await store.close()
 
     out.print(run_async(go()), highlight=False)
 
@@ -57,12 +62,9 @@ def subscribers_import(
     rows = subscriptions.read_csv(file, confirmed=confirmed)
 
     async def go() -> int:
-        store = await open_store(cfg)
-        try:
+        async with _list_store(cfg) as store:
             return await store.import_subscribers(rows, newsletter=newsletter.id,
                                                   confirmed=confirmed)
-        finally:
-            await store.close()
 
     count = run_async(go())
     state_word = "confirmed" if confirmed else "pending"
@@ -90,8 +92,7 @@ def subscribers_export(
     wanted = _status_option(status)
 
     async def go() -> None:
-        store = await open_store(cfg)
-        try:
+        async with _list_store(cfg) as store:
             writer = csv.writer(sys.stdout, lineterminator="\n")
             writer.writerow(csvcells.EXPORT_HEADER)
             async for row in store.subscribers(newsletter=newsletter.id, status=wanted):
@@ -100,8 +101,6 @@ def subscribers_export(
                 writer.writerow(csvcells.escape_row([
                     row.email, row.name, row.status.value, row.created_at.isoformat(),
                     row.confirmed_at.isoformat() if row.confirmed_at else ""]))
-        finally:
-            await store.close()
 
     run_async(go())
 
@@ -117,14 +116,11 @@ def subscribers_list(
     wanted = _status_option(status)
 
     async def go() -> Table:
-        store = await open_store(cfg)
         table = Table("email", "name", "status", "since")
-        try:
+        async with _list_store(cfg) as store:
             async for row in store.subscribers(newsletter=newsletter.id, status=wanted):
                 table.add_row(row.email, row.name, row.status.value,
                               f"{row.created_at:%Y-%m-%d}")
-        finally:
-            await store.close()
         return table
 
     out.print(run_async(go()))
@@ -138,11 +134,8 @@ def subscribers_remove(email: str, list_: ListOpt) -> None:
     newsletter = cfg.newsletter(list_)
 
     async def go() -> bool:
-        store = await open_store(cfg)
-        try:
+        async with _list_store(cfg) as store:
             return await store.remove_subscriber(email.strip(), newsletter=newsletter.id)
-        finally:
-            await store.close()
 
     if not run_async(go()):
         err.print(f"error: {email} is not on {newsletter.id}")

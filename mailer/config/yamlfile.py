@@ -23,10 +23,10 @@ class _Loader(yaml.SafeLoader):
     instead of raising a bare ValueError."""
 
     def compose_node(self, parent: yaml.Node | None, index: int) -> yaml.Node | None:
-        # Refused at the first event, before any node exists: an alias shares a node, so
-        # 2 KB of nested aliases (a "billion laughs") stand for billions of values to every
-        # walk of the tree (the line index below, then pydantic), which took the CLI 13 s and
-        # 1.5 GB at 7 levels. Neither schedules.yaml nor front matter needs them.
+        # Refused at the first event, before any node exists: an alias shares a node, so a
+        # few lines of nested aliases (a "billion laughs") stand for billions of values to
+        # every walk of the tree (the line index below, then pydantic), and the CLI runs out
+        # of time and memory. Neither schedules.yaml nor front matter needs them.
         if self.check_event(yaml.NodeEvent):  # which parses the next event into current_event
             event = self.current_event
             if event.anchor is not None:  # an alias event carries the anchor it names

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import functools
-import html
 import logging
 import re
-from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -17,53 +15,28 @@ from markupsafe import Markup
 from mjml import mjml2html
 
 from mailer.content import colors, markup, plaintext
+from mailer.content.rendered import (
+    GMAIL_CLIP_BYTES,
+    UNSUBSCRIBE_SLOT,
+    RenderedIssue,
+)
 from mailer.errors import RenderError
 
 if TYPE_CHECKING:
     from mailer.config import Newsletter, Settings
     from mailer.content import Issue
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("mailer.render")  # a name of the log taxonomy: see mailer.logs
 
-UNSUBSCRIBE_SLOT = "https://unsubscribe.invalid/__mailer_unsubscribe__"
 CONFIRM_TEMPLATE = "confirm.mjml.j2"
-# Gmail clips messages whose HTML passes 102 KB and hides the rest, footer included.
-GMAIL_CLIP_BYTES = 102 * 1024
 
 # Templates mark what only makes sense in a subscriber's inbox (the unsubscribe link);
 # the web view cuts it out.
 _EMAIL_ONLY = re.compile(
     r"<!--\s*mailer:email-only\s*-->.*?<!--\s*/mailer:email-only\s*-->", re.DOTALL
 )
-# Scripts written right to left; an issue in one of them is laid out dir="rtl".
-_RTL_LANGUAGES = {"ar", "dv", "fa", "he", "ku", "ps", "sd", "ug", "ur", "yi"}
-
-
-@dataclass(frozen=True)
-class RenderedIssue:
-    """An issue rendered once for everyone; `UNSUBSCRIBE_SLOT` marks the per-recipient link."""
-
-    subject: str
-    preheader: str
-    html: str
-    text: str
-    web_url: str
-
-    @property
-    def html_bytes(self) -> int:
-        """The size of the HTML part as sent (what Gmail measures against its 102 KB)."""
-        return len(self.html.encode())
-
-    @property
-    def clipped(self) -> bool:
-        """Gmail would cut this issue short, hiding the rest and the unsubscribe link."""
-        return self.html_bytes > GMAIL_CLIP_BYTES
-
-    @functools.cached_property
-    def _pieces(self) -> tuple[list[str], list[str]]:
-        # Cut once at the slot: joining the pieces per recipient is several times faster
-        # than searching the whole page for the slot again.
-        return self.html.split(UNSUBSCRIBE_SLOT), self.text.split(UNSUBSCRIBE_SLOT)
+# Templates take `lang` and `dir`; a newsletter has no language setting, so it is English.
+_LANGUAGE = {"lang": "en", "dir": "ltr"}
 
 
 def render_issue(
@@ -85,7 +58,8 @@ def render_issue(
         web_url=web_url,
     )
     if rendered.clipped:
-        log.warning("issue %s: %s", issue.slug, clip_warning(rendered))
+        log.warning(clip_warning(rendered), extra={"issue": issue.slug,
+                                                    "html_bytes": rendered.html_bytes})
     return rendered
 
 
@@ -115,7 +89,7 @@ def render_issue_mjml(
         issue_date=_long_date(issue),
         colors=palette,
         accent=palette.accent,
-        **_language(newsletter),
+        **_LANGUAGE,
         # An issue that opens with its own title should not show the subject twice.
         show_subject=not _is_subject(markup.leading_heading(issue.body), issue.subject),
         body=Markup(body),  # markup.to_mjml escaped everything from the issue
@@ -128,13 +102,6 @@ def render_issue_mjml(
 def issue_web_url(issue: Issue, newsletter: Newsletter, settings: Settings) -> str:
     """The public address of the issue's web view."""
     return f"{settings.base_url}/issues/{newsletter.id}/{quote(issue.slug)}"
-
-
-def personalize(rendered: RenderedIssue, *, unsubscribe_url: str) -> tuple[str, str]:
-    """Fill one recipient's unsubscribe link into the (html, text) parts."""
-    html_pieces, text_pieces = rendered._pieces
-    escaped = html.escape(unsubscribe_url, quote=True)
-    return escaped.join(html_pieces), unsubscribe_url.join(text_pieces)
 
 
 def render_web_view(rendered: RenderedIssue) -> str:
@@ -188,7 +155,7 @@ def render_confirm_mjml(
         newsletter=newsletter,
         colors=palette,
         accent=palette.accent,
-        **_language(newsletter),
+        **_LANGUAGE,
         subject=_confirm_subject(newsletter),
         confirm_url=confirm_url,
         days=settings.confirm_token_days,
@@ -239,13 +206,6 @@ def _underline(title: str, mark: str) -> str:
 
 def _is_subject(heading: str | None, subject: str) -> bool:
     return heading is not None and heading.split() == subject.split()
-
-
-def _language(newsletter: Newsletter) -> dict[str, str]:
-    # Newsletter has no `lang` setting yet: English unless one is added to schedules.yaml.
-    lang = str(getattr(newsletter, "lang", None) or "en")
-    rtl = lang.split("-")[0].lower() in _RTL_LANGUAGES
-    return {"lang": lang, "dir": "rtl" if rtl else "ltr"}
 
 
 def _long_date(issue: Issue) -> str:

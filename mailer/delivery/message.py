@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from mailer.addresses import LINE_BREAKS, mailbox_header
-from mailer.content.render import UNSUBSCRIBE_SLOT, RenderedIssue, personalize
+from mailer.content.rendered import UNSUBSCRIBE_SLOT, RenderedIssue, personalize
 from mailer.errors import InputError
 
 if TYPE_CHECKING:

@@ -51,7 +51,11 @@ class Tally:
 
 
 def retry_delay(attempts: int, base: float) -> timedelta:
-    """Exponential backoff with full jitter: retries of many recipients spread out."""
+    """Exponential backoff with equal jitter: retries of many recipients spread out.
+
+    Equal jitter (uniform between half the ceiling and the ceiling) rather than full
+    jitter: a retry never comes much sooner than its backoff step, yet retries still spread.
+    """
     ceiling = min(3600.0, base * 2 ** max(0, attempts - 1))
     return timedelta(seconds=random.uniform(ceiling / 2, ceiling))
 

@@ -39,7 +39,7 @@ class DkimSigner:
             if not _DNS_NAME.fullmatch(value):
                 raise ConfigError(f"expected a DNS name in ASCII (an IDN in its xn-- form), "
                                   f"got {value!r}", field=f"settings.{field}")
-        # Imported here: dkimpy and its DNS library cost 50 ms at every start without DKIM.
+        # Imported here: dkimpy and its DNS library would slow every start without DKIM.
         import dkim
         from dkim.crypto import UnparsableKeyError, parse_pem_private_key
 

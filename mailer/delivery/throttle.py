@@ -1,11 +1,23 @@
-"""Sending quotas (pure): a token bucket per process and a sliding one-hour window."""
+"""Sending quotas (pure): a token bucket per process and a sliding one-hour window.
+
+Besides the two counters, the decisions the claim loop takes with them live here: each
+live process's share of the per-second rate and how much it may claim at once, how long a
+full hour waits, and the random pause after giving claims back.
+"""
 
 from __future__ import annotations
 
+import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+
+# A sending process counts as live (it takes its share of the rate, and keeps its claims)
+# while its heartbeat is younger than this; mailer.sending.prepare releases older ones.
+HEARTBEAT_TIMEOUT = timedelta(seconds=60)
+# The longest a full hour's window waits before looking again: a send may finish elsewhere.
+_LONGEST_QUOTA_WAIT = 60.0
 
 
 class TokenBucket:
@@ -90,3 +102,40 @@ class SlidingWindow:
         if oldest is None:
             return None
         return max(0.0, (oldest + self.span - now).total_seconds())
+
+    def wait_when_full(self, oldest: datetime | None, *, now: datetime,
+                       poll_seconds: float) -> float:
+        """Seconds a claimer with a full window waits before counting again.
+
+        Until the oldest message leaves (a hair later, so the count surely sees it gone),
+        at most a minute; `poll_seconds` when only messages in flight are counted.
+        """
+        wait = self.reopens_in(oldest, now=now)
+        return poll_seconds if wait is None else min(wait + 0.01, _LONGEST_QUOTA_WAIT)
+
+    def excess(self, used: int, *, claimed: int) -> int:
+        """How many of the `claimed` rows (already in `used`) must be given back (0: none)."""
+        return max(0, min(claimed, used - self.limit))
+
+
+def share_of_rate(rate: float, *, live_workers: int) -> float:
+    """This process's part of a per-second rate shared by every live sending process."""
+    return rate / max(1, live_workers)
+
+
+def claim_limit_for_share(share: float) -> int:
+    """How many rows one claim may take at `share` messages a second.
+
+    About two seconds' worth, never less than one: a worker that joins or leaves changes
+    the share, and that is noticed at the next claim, within seconds.
+    """
+    return max(1, int(share * 2))
+
+
+def give_back_pause(poll_seconds: float) -> float:
+    """Seconds to wait after giving claims back over the hour's quota.
+
+    Two claimers may both have counted the same free room and both given back: a random
+    pause lets one of them claim first next time, instead of colliding again and again.
+    """
+    return random.uniform(0, poll_seconds)

@@ -8,7 +8,6 @@ import logging
 import os
 import signal
 import socket
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,12 +17,13 @@ from mailer import config as config_mod
 from mailer import content, logs
 from mailer.config import Config
 from mailer.errors import MailerError
-from mailer.runners.scheduler import Clock, Scheduler
-from mailer.runners.slots import SlotRunner, Snapshot
+from mailer.runners.scheduler import Scheduler
+from mailer.runners.slots import LoadedFiles, SlotRunner
+from mailer.schedule import Clock
 from mailer.sending.sender import Sender
 from mailer.store import Store
 from mailer.web import create_app
-from mailer.web.server import server_config
+from mailer.web.server import EmbeddedServer, server_config
 
 log = logging.getLogger("mailer.daemon")
 
@@ -49,7 +49,7 @@ def fingerprint(config: Config) -> tuple[object, ...]:
     return tuple(stats)
 
 
-def load_snapshot(path: Path) -> Snapshot:
+def load_snapshot(path: Path) -> LoadedFiles:
     """Load schedules.yaml and every newsletter's issues; all of it or nothing.
 
     Raises:
@@ -58,7 +58,7 @@ def load_snapshot(path: Path) -> Snapshot:
     config = config_mod.load(path)
     seen = fingerprint(config)
     issues = {n.id: content.load_issues(n.issues, tz=n.tz) for n in config.newsletters.values()}
-    return Snapshot(config=config, issues=issues, fingerprint=seen)
+    return LoadedFiles(config=config, issues=issues, fingerprint=seen)
 
 
 def listen(host: str, port: int) -> socket.socket:
@@ -79,18 +79,10 @@ def listen(host: str, port: int) -> socket.socket:
     return sock
 
 
-class _WebServer(uvicorn.Server):
-    """uvicorn without its own signal handlers: the daemon owns SIGTERM and SIGINT."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
-
-
 class Daemon:
     """One `mailer run`: `await Daemon(snapshot, host=…, port=…).run()` → exit code."""
 
-    def __init__(self, snapshot: Snapshot, *, host: str, port: int) -> None:
+    def __init__(self, snapshot: LoadedFiles, *, host: str, port: int) -> None:
         self.snapshot = snapshot
         self.host = host
         self.port = port
@@ -115,11 +107,10 @@ class Daemon:
         async with contextlib.AsyncExitStack() as stack:
             stack.callback(sock.close)
             try:
-                store = await Store.open(settings.database_url)
+                store = await stack.enter_async_context(Store.open(settings.database_url))
             except Exception as exc:  # unreachable server, bad credentials, a locked file
                 raise MailerError(f"cannot open the database: {exc}",
                                   field="settings.database_url") from None
-            stack.push_async_callback(store.close)
             sender = self._sender = await stack.enter_async_context(
                 Sender(self.snapshot.config, store))
             runner = SlotRunner(store, sender, self.clock, snapshot=lambda: self.snapshot,
@@ -195,9 +186,9 @@ class Daemon:
     def _start_web(self, store: Store, sock: socket.socket
                    ) -> tuple[uvicorn.Server, asyncio.Task[None]]:
         self.app = create_app(self.snapshot.config, store=store)
-        server = _WebServer(server_config(self.app, self.snapshot.config.settings, lifespan="on",
-                                          log_config=None, access_log=False,
-                                          timeout_graceful_shutdown=3))
+        server = EmbeddedServer(server_config(
+            self.app, self.snapshot.config.settings, lifespan="on", log_config=None,
+            access_log=False, timeout_graceful_shutdown=3))
         logging.getLogger("uvicorn.error").setLevel(logging.WARNING)
         return server, asyncio.create_task(self._serve_web(server, sock), name="mailer-web")
 

@@ -1,14 +1,14 @@
-"""The daemon's schedule: its clock, each newsletter's slots, one APScheduler job per newsletter.
+"""The daemon's schedule as APScheduler 3 wiring: one job per newsletter, on the daemon's clock.
 
-What running a slot does is in mailer.runners.slots.
+The date maths (fire times, the last slot, the test clock) is pure and lives in mailer.schedule;
+what running a slot does is in mailer.runners.slots.
 """
 
 from __future__ import annotations
 
 import logging
-from datetime import UTC, datetime, timedelta, tzinfo
+from datetime import UTC, datetime, timedelta
 from types import TracebackType
-from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo
 
 from apscheduler.events import EVENT_JOB_MISSED, JobExecutionEvent
@@ -16,62 +16,16 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.base import BaseTrigger
 
 from mailer.config import Config, Newsletter
-from mailer.schedule import ScheduleSpec, to_trigger
-from mailer.sending.prepare import recover_dead_workers
+from mailer.runners.slots import SlotRunner
+from mailer.schedule import Clock, ScheduleSpec, describe, last_slot, next_fire_time
+from mailer.sending.recovery import recover_dead_workers
 from mailer.states import utcnow
 from mailer.store import Store
 
-if TYPE_CHECKING:  # slots imports this module's clock
-    from mailer.runners.slots import SlotRunner
-
 log = logging.getLogger("mailer.scheduler")
 
-_TICK = timedelta(microseconds=1)
+_TICK = timedelta(microseconds=1)  # "after t" is "at t + _TICK or later"
 RECOVER_SECONDS = 30  # how often claims of crashed daemons sharing the database are freed
-
-
-class Clock:
-    """Real time, or the documented test clock `settings.test_now`: the daemon starts at that
-    instant and its clock runs on in real time from there, so the scheduler's waits stay real."""
-
-    def __init__(self, start: datetime | None = None) -> None:
-        self.offset = start - utcnow() if start is not None else timedelta(0)
-
-    def now(self) -> datetime:
-        return utcnow() + self.offset
-
-    def to_real(self, moment: datetime) -> datetime:
-        return moment.astimezone(UTC) - self.offset
-
-    def to_clock(self, moment: datetime) -> datetime:
-        return moment.astimezone(UTC) + self.offset
-
-
-def _next_after(trigger: BaseTrigger, after: datetime, tz: tzinfo) -> datetime | None:
-    # As schedule.next_fire_time, with one trigger: strictly after `after`, walking past a
-    # CalendarIntervalTrigger's start date when that is already over.
-    after = after.astimezone(tz)
-    fire: datetime | None = trigger.get_next_fire_time(None, after + _TICK)
-    while fire is not None and fire <= after:
-        fire = trigger.get_next_fire_time(fire, after)
-    return fire
-
-
-def describe(spec: ScheduleSpec) -> str:
-    """`every 2 weeks from 2026-12-07 09:00 Europe/Berlin`, or `cron 0 9 * * 1 UTC`."""
-    if spec.cron:
-        return f"cron {spec.cron} {spec.timezone}"
-    starting = f"{spec.starting:%Y-%m-%d %H:%M}" if spec.starting else "?"
-    return f"every {spec.every} from {starting} {spec.timezone}"
-
-
-def last_slot(spec: ScheduleSpec, now: datetime, *, within: timedelta) -> datetime | None:
-    """The latest time `spec` fired at or before `now`, if that is at most `within` ago."""
-    trigger, tz = to_trigger(spec), ZoneInfo(spec.timezone)
-    fire, last = _next_after(trigger, now - within - _TICK, tz), None
-    while fire is not None and fire <= now:
-        last, fire = fire, _next_after(trigger, fire, tz)
-    return last
 
 
 class SlotTrigger(BaseTrigger):  # type: ignore[misc]  # apscheduler 3 is untyped
@@ -82,13 +36,12 @@ class SlotTrigger(BaseTrigger):  # type: ignore[misc]  # apscheduler 3 is untype
         self.spec = spec
         self.clock = clock
         self.tz = ZoneInfo(spec.timezone)
-        self._trigger = to_trigger(spec)
 
     def get_next_fire_time(self, previous_fire_time: datetime | None,
                            now: datetime) -> datetime | None:
         after = (self.clock.to_clock(previous_fire_time) if previous_fire_time is not None
                  else self.clock.to_clock(now) - _TICK)
-        fire = _next_after(self._trigger, after, self.tz)
+        fire = next_fire_time(self.spec, after=after)
         return None if fire is None else self.clock.to_real(fire).astimezone(self.tz)
 
     def __str__(self) -> str:

@@ -16,9 +16,11 @@ from pathlib import Path
 
 from mailer import logs
 from mailer.config import Config
-from mailer.sending.prepare import start_or_resume_send
+from mailer.rows import Outcome, SendRow
+from mailer.sending.prepare import Skip, prepare
+from mailer.sending.report import DeliveryCounts, Report, deliver_with_report
 from mailer.sending.sender import Sender
-from mailer.states import SendStatus
+from mailer.states import utcnow
 from mailer.store import Store
 
 log = logging.getLogger("mailer.worker")
@@ -28,13 +30,12 @@ async def run_worker(config: Config, *, once: bool = False, poll_seconds: float 
     """Deliver open sends until stopped (SIGTERM/SIGINT), or with `once` until none is open.
 
     A first signal lets in-flight messages finish and be recorded; a second exits at once
-    (what was in flight is settled by the next start, see sends.recover_dead_workers).
+    (what was in flight is settled by the next start, see sending.recovery).
     Returns the exit code.
     """
     logs.configure(json_lines=config.settings.log_json)
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
-    store = await Store.open(config.settings.database_url)
     sender_ref: list[Sender] = []
 
     def on_signal() -> None:
@@ -48,7 +49,8 @@ async def run_worker(config: Config, *, once: bool = False, poll_seconds: float 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal)
     try:
-        async with Sender(config, store) as sender:
+        async with (Store.open(config.settings.database_url) as store,
+                    Sender(config, store) as sender):
             sender_ref.append(sender)
             while not stopping.is_set():
                 delivered = await _deliver_open_sends(config, store, sender, stopping)
@@ -59,7 +61,6 @@ async def run_worker(config: Config, *, once: bool = False, poll_seconds: float 
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
-        await store.close()
     return 0
 
 
@@ -70,38 +71,57 @@ async def _deliver_open_sends(config: Config, store: Store, sender: Sender,
     for newsletter in config.newsletters.values():
         if stopping.is_set():
             break
-        send = await store.unfinished_send(newsletter.id)
-        # A paused send waits for the author (`mailer send-now` goes on with it), not for us.
-        if send is None or send.status != SendStatus.SENDING:
-            continue
-        if await store.open_deliveries(send.id) == 0:
+        # Only sends already queued: a paused one waits for its author (`mailer send-now`
+        # goes on with it), and new issues are queued by `send-now --queue` or the daemon.
+        ready = await prepare(config, newsletter, store, now=utcnow(), resume_only=True,
+                              take_paused=False)
+        if isinstance(ready, Skip) or await store.open_deliveries(ready.send.id) == 0:
             continue
         worked = True
-        log.info("delivering %s/%s", newsletter.id, send.slug)
-        tally = await sender.deliver(send, newsletter)
-        log.info("%s/%s: %d sent, %d failed, %d retried, %d unknown by this worker",
-                 newsletter.id, send.slug, tally.sent, tally.failed, tally.retried,
-                 tally.unknown)
+        await deliver_with_report(sender, ready.send, newsletter, _WorkerLog(newsletter.id))
     return worked
 
 
 async def queue_issue(config: Config, newsletter_id: str, *, now: datetime,
-                      issue_path: Path | None) -> str:
-    """Queue the due (or given) issue for the workers without sending from here.
+                      issue_path: Path | None, force: bool = False) -> str:
+    """Queue the due (or given) issue for the workers without sending from here; an issue
+    Gmail would clip is refused unless `force`, as `send-now` refuses it.
 
     Raises:
-        ContentError: the issue file is broken.
-        InputError: the given issue was already sent.
+        ContentError: the issue file is broken, or Gmail would clip it.
+        InputError: the given issue was already sent, or another send is not finished.
     """
     newsletter = config.newsletter(newsletter_id)
-    store = await Store.open(config.settings.database_url)
-    try:
-        send = await start_or_resume_send(config, newsletter, store, now=now,
-                                          issue_path=issue_path)
-        if send is None:
+    async with Store.open(config.settings.database_url) as store:
+        result = await prepare(config, newsletter, store, now=now, issue_path=issue_path,
+                               force=force)
+        if isinstance(result, Skip):
+            error = result.error()
+            if error is not None:
+                raise error
             return f"nothing to queue: {newsletter.id} has no due issue"
-        open_count = await store.open_deliveries(send.id)
-        return (f"queued {newsletter.id}/{send.slug}: {open_count} message(s) open; "
+        open_count = await store.open_deliveries(result.send.id)
+        return (f"queued {newsletter.id}/{result.send.slug}: {open_count} message(s) open; "
                 "`mailer worker` or `mailer run` delivers them")
-    finally:
-        await store.close()
+
+
+class _WorkerLog:
+    """The delivery report as the worker's log lines (a DeliveryObserver)."""
+
+    def __init__(self, newsletter_id: str) -> None:
+        self.newsletter_id = newsletter_id
+
+    def started(self, send: SendRow, counts: DeliveryCounts) -> None:
+        log.info("delivering", extra={"newsletter": self.newsletter_id, "slug": send.slug,
+                                      "open": counts.open})
+
+    def delivered(self, outcome: Outcome) -> None:
+        pass  # the daemon logs progress; a worker is one of many, its total says enough
+
+    def finished(self, report: Report) -> None:
+        tally = report.tally
+        # What this worker did; the send's own totals are in `mailer status`.
+        log.info("delivered by this worker", extra={
+            "newsletter": self.newsletter_id, "slug": report.send.slug, "sent_here": tally.sent,
+            "failed_here": tally.failed, "retried_here": tally.retried,
+            "unknown_here": tally.unknown, "open": report.counts.open})

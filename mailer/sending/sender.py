@@ -10,21 +10,20 @@ import socket
 import weakref
 from collections.abc import Callable
 from types import TracebackType
-from typing import TYPE_CHECKING
 
 from mailer.config import Config, Newsletter
+from mailer.content.rendered import RenderedIssue
 from mailer.delivery.dispatch import Dispatcher
+from mailer.delivery.message import Letter, letter_of
 from mailer.delivery.outcomes import DispatchSettings, Tally
 from mailer.delivery.signing import signer_from_settings
-from mailer.delivery.transport import SmtpTarget, SmtpTransport, parse_smtp_url
+from mailer.delivery.single import enter_smtp_target
+from mailer.delivery.transport import SmtpTarget, SmtpTransport
 from mailer.keys import token_key
-from mailer.sending.prepare import finish_if_done, letter_for, new_worker_id, recover_dead_workers
+from mailer.rows import Outcome, SendRow
+from mailer.sending.recovery import new_worker_id, recover_dead_workers
 from mailer.states import SendStatus
-from mailer.store import Outcome, Store
-from mailer.store.models import Send
-
-if TYPE_CHECKING:
-    from mailer.delivery.capture import CaptureServer
+from mailer.store import Store
 
 log = logging.getLogger("mailer.sender")
 
@@ -58,7 +57,6 @@ class Sender:
         self.worker_id = new_worker_id()
         self.secret_key = token_key(config.settings)
         self.target: SmtpTarget | None = None
-        self.capture: CaptureServer | None = None  # smtp_url: capture
         self._stack = contextlib.AsyncExitStack()
         self._heartbeat: asyncio.Task[None] | None = None
         self._current: Dispatcher | None = None
@@ -67,17 +65,8 @@ class Sender:
         self.unknown_released = 0
 
     async def __aenter__(self) -> Sender:
-        s = self.config.settings
-        if s.smtp_url == "capture":
-            from mailer.delivery.capture import CaptureServer  # aiosmtpd: only for capture
-
-            self.capture = await self._stack.enter_async_context(
-                CaptureServer(s.var_dir / "outbox"))
-            self.target = SmtpTarget(host=self.capture.host, port=self.capture.port,
-                                     start_tls=False)
-        else:
-            password = s.smtp_password.get_secret_value() if s.smtp_password else None
-            self.target = parse_smtp_url(s.smtp_url, password=password)
+        # smtp_url `capture`: the built-in capture server runs as long as this sender.
+        self.target = await enter_smtp_target(self.config.settings, self._stack)
         self.unknown_released = await recover_dead_workers(self.store)
         await self.store.register_worker(self.worker_id, host=socket.gethostname(),
                                          pid=os.getpid())
@@ -95,7 +84,8 @@ class Sender:
         # worker's row is gone nothing else would ever release it.
         cut = await self.store.release_dead_workers([self.worker_id])
         if cut:
-            log.warning("%d deliveries were cut mid-transaction: recorded as unknown", cut)
+            log.warning("deliveries cut mid-transaction: recorded as unknown",
+                        extra={"unknown": cut, "worker": self.worker_id})
         await self._stack.aclose()
 
     async def _beat(self) -> None:
@@ -129,12 +119,12 @@ class Sender:
         for transport in list(self._transports):
             transport.abort()
 
-    async def deliver(self, send: Send, newsletter: Newsletter,
+    async def deliver(self, send: SendRow, newsletter: Newsletter,
                       on_outcome: Callable[[Outcome], None] | None = None) -> Tally:
         """Send every open delivery of `send` from this process; marks the send finished."""
         dispatcher = Dispatcher(
             self.store, send_id=send.id,
-            letter=letter_for(send, newsletter, self.config.settings.base_url),
+            letter=letter_of_send(send, newsletter, self.config.settings.base_url),
             secret_key=self.secret_key, base_url=self.config.settings.base_url,
             worker_id=self.worker_id, transport_factory=self.transport,
             settings=dispatch_settings(self.config), on_outcome=on_outcome,
@@ -157,24 +147,17 @@ class Sender:
         return tally
 
 
-async def send_one(config: Config, sender: str, recipient: str, data: bytes) -> tuple[int, str]:
-    """Send a single message outside any send (a test copy, a confirmation email).
 
-    Raises:
-        DeliveryError: the server refused it or could not be reached.
-    """
-    s = config.settings
-    async with contextlib.AsyncExitStack() as stack:
-        if s.smtp_url == "capture":
-            from mailer.delivery.capture import CaptureServer  # aiosmtpd: only for capture
+def letter_of_send(send: SendRow, newsletter: Newsletter, base_url: str) -> Letter:
+    """The per-issue message parts, taken from the send row so a resume sends the same bytes."""
+    rendered = RenderedIssue(subject=send.subject, preheader=send.preheader,
+                                    html=send.html, text=send.text, web_url=send.web_url)
+    return letter_of(newsletter, rendered, base_url=base_url)
 
-            capture = await stack.enter_async_context(CaptureServer(s.var_dir / "outbox"))
-            target = SmtpTarget(host=capture.host, port=capture.port, start_tls=False)
-        else:
-            password = s.smtp_password.get_secret_value() if s.smtp_password else None
-            target = parse_smtp_url(s.smtp_url, password=password)
-        transport = SmtpTransport(target)
-        try:
-            return await transport.send(sender, recipient, data)
-        finally:
-            await transport.aclose()
+
+async def finish_if_done(store: Store, send_id: int) -> bool:
+    """Mark the send finished when no delivery is open any more; True if it is."""
+    if await store.open_deliveries(send_id) == 0:
+        await store.set_send_status(send_id, SendStatus.FINISHED)
+        return True
+    return False

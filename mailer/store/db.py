@@ -55,7 +55,7 @@ def sqlite_pragmas(dbapi_conn: Any, _record: Any = None) -> None:
     cursor.execute("PRAGMA foreign_keys=ON")
     # 1 MB of page cache per connection instead of 2: mailer's queries walk indexes in
     # order, and with a list of a million the default filled every pooled connection's
-    # cache (measured: peak RSS 82 MB against 78 MB for 100,000).
+    # cache, so memory grew with the list (bench/send.py shows the peak RSS).
     cursor.execute("PRAGMA cache_size=-1024")
     cursor.close()
     # Take over transaction control from the driver so every transaction can start with

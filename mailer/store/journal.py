@@ -1,10 +1,16 @@
-"""The journal: the one durable write of every SMTP transaction, on the database's own driver.
+"""The delivery log's writer: the one durable write of every SMTP transaction, on the
+database's own driver.
 
-Every message costs one commit here (shared by whichever workers reach it together), so
-this is the only SQL of mailer written for the driver instead of through SQLAlchemy:
-measured on a send of 20,000 messages, SQLAlchemy's async plumbing around these few
-statements took a third of the sender's CPU. The statements are few and plain; each
-backend below says the same thing in its own dialect, and the store's tests run both.
+This module says *what* is written; mailer.delivery.journal says *when* (the group commit
+that all connections of a sending process share). The two stay in their own layers: this
+is SQL, and the pipeline above imports no database library (it sees these writers through
+its own DeliveryLogWriter Protocol in mailer.delivery.delivery_store, which they satisfy).
+
+Every message costs one commit here (shared by whichever connections reach it together),
+so this is the only SQL of mailer written for the driver instead of through SQLAlchemy,
+whose async plumbing around these few statements cost a large part of the sender's CPU.
+The statements are few and plain; each backend below says the same thing in its own
+dialect, and the store's tests run both.
 
 A write does three things in one transaction: record outcomes, count permanent failures
 towards each subscriber's bounce limit, and mark deliveries SENDING (only those this
@@ -37,7 +43,9 @@ UPDATE deliveries SET status = {}, smtp_code = {}, smtp_reply = {},
 WHERE id = {}"""
 
 
-class JournalWriter(Protocol):
+class DeliveryLogWriter(Protocol):
+    """What both backends' writers offer (the store's side of the same shape)."""
+
     async def write(self, *, sending: Sequence[int], outcomes: Sequence[Outcome]) -> set[int]:
         """Record `outcomes` and mark `sending` SENDING, durably; the ids marked."""
 
@@ -56,7 +64,7 @@ def _sqlite_time(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
 
 
-class SqliteJournal:
+class SqliteDeliveryLog:
     """sqlite3 on one thread of its own: a write is one hop to it and back."""
 
     def __init__(self, path: str, *, worker_id: str, bounce_limit: int) -> None:
@@ -119,7 +127,7 @@ class SqliteJournal:
         self._thread.shutdown()
 
 
-class PostgresJournal:
+class PostgresDeliveryLog:
     """asyncpg, on one connection borrowed from the engine's pool for the whole send."""
 
     def __init__(self, connection: Any, *, worker_id: str, bounce_limit: int) -> None:
@@ -158,3 +166,4 @@ class PostgresJournal:
 
 def _same(moment: datetime) -> datetime:
     return moment
+

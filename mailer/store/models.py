@@ -177,7 +177,7 @@ class Delivery(Base):
         return f"Delivery(id={self.id!r}, send_id={self.send_id!r}, status={self.status!r})"
 
 
-class Worker(Base):
+class SenderProcess(Base):
     """A live sending process; rows it claimed are freed when its heartbeat stops or its pid
     is gone."""
 

@@ -1,9 +1,8 @@
-"""Queries about sends: queueing an issue, its progress, the archive, the schedule's slots."""
+"""Queries about sends: queueing an issue, its progress and state, the schedule's slots."""
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
@@ -17,11 +16,12 @@ from sqlalchemy import (
 )
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from mailer.rows import ArchivedIssue
+from mailer.rows import SendRow
 from mailer.states import DeliveryStatus, SendStatus, SubscriptionStatus, utcnow
 from mailer.store import db
 from mailer.store._base import StoreBase
 from mailer.store.models import Delivery, Send, Subscriber, Subscription
+from mailer.store.torows import send_row
 
 # Recipients queued per transaction: a few milliseconds of the database's write lock, so
 # the journal's commits never wait long, and a fraction of a second of sending.
@@ -35,7 +35,7 @@ def _confirmed_after(newsletter: str, after: int) -> tuple[ColumnElement[bool], 
 
 
 class SendQueries(StoreBase):
-    """Sends: one per issue and newsletter, with the counts and history around them."""
+    """Sends: one per issue and newsletter, queued chunk by chunk, and their progress."""
 
     # -- sends -------------------------------------------------------------------------------
 
@@ -45,23 +45,25 @@ class SendQueries(StoreBase):
             rows = await s.execute(select(Send.slug).where(Send.newsletter == newsletter))
             return set(rows.scalars())
 
-    async def unfinished_send(self, newsletter: str) -> Send | None:
+    async def unfinished_send(self, newsletter: str) -> SendRow | None:
         """The oldest send of `newsletter` that was interrupted or paused: it goes first."""
         async with self.session() as s:
-            return (await s.execute(
+            send = (await s.execute(
                 select(Send)
                 .where(Send.newsletter == newsletter, Send.status != SendStatus.FINISHED)
                 .order_by(Send.id).limit(1)
             )).scalar_one_or_none()
+            return None if send is None else send_row(send)
 
-    async def get_send(self, send_id: int) -> Send:
+    async def get_send(self, send_id: int) -> SendRow:
+        """The send `send_id` as it is now (its status tells a worker to pause)."""
         async with self.session() as s:
-            return (await s.execute(select(Send).where(Send.id == send_id))).scalar_one()
+            return send_row((await s.execute(select(Send).where(Send.id == send_id))).scalar_one())
 
     async def open_send(
         self, *, newsletter: str, slug: str, subject: str, preheader: str, html: str, text: str,
         web_url: str,
-    ) -> tuple[Send, bool]:
+    ) -> tuple[SendRow, bool]:
         """Create the send of an issue and queue its first chunk of recipients.
 
         Returns the send and whether this call created it. The rest of the list is queued
@@ -71,9 +73,10 @@ class SendQueries(StoreBase):
         (newsletter, slug) makes a second call a no-op that returns the existing send.
         """
         async with self.session.begin() as s:
-            return await self._insert_and_queue(
+            send, created = await self._insert_and_queue(
                 s, newsletter=newsletter, slug=slug, subject=subject, preheader=preheader,
                 html=html, text=text, web_url=web_url)
+            return send_row(send), created
 
     async def _insert_and_queue(self, s: AsyncSession, *, newsletter: str, slug: str,
                                 **content: str) -> tuple[Send, bool]:
@@ -142,6 +145,7 @@ class SendQueries(StoreBase):
 
     async def set_send_status(self, send_id: int, status: SendStatus, reason: str | None = None
                               ) -> None:
+        """Move a send to `status` (with why, for a pause); FINISHED also stamps the time."""
         async with self.session.begin() as s:
             values: dict[str, Any] = {"status": status, "pause_reason": reason}
             if status == SendStatus.FINISHED:
@@ -170,97 +174,22 @@ class SendQueries(StoreBase):
                 Delivery.status.in_([DeliveryStatus.PENDING, DeliveryStatus.SENDING]),
             ))).scalar_one()) + await self._not_yet_queued(s, send_id)
 
-    async def sends(self, newsletter: str | None = None) -> Sequence[Send]:
-        async with self.session() as s:
-            query = select(Send).order_by(Send.id)
-            if newsletter:
-                query = query.where(Send.newsletter == newsletter)
-            return (await s.execute(query)).scalars().all()
-
-    async def failures(self, send_id: int, limit: int = 20
-                       ) -> Sequence[tuple[str, int | None, str]]:
-        """The failed deliveries of a send with the server's reply, newest first."""
-        async with self.session() as s:
-            rows = await s.execute(
-                select(Delivery.email, Delivery.smtp_code, Delivery.smtp_reply)
-                .where(Delivery.send_id == send_id, Delivery.status == DeliveryStatus.FAILED)
-                .order_by(Delivery.updated_at.desc()).limit(limit)
-            )
-            return [(e, c, r or "") for e, c, r in rows.all()]
-
-    async def sent_since(self, send_id: int, since: datetime) -> int:
-        """Messages of a send delivered after `since` (the rate `mailer status` shows)."""
-        async with self.session() as s:
-            return int((await s.execute(select(func.count()).select_from(Delivery).where(
-                Delivery.send_id == send_id, Delivery.status == DeliveryStatus.SENT,
-                Delivery.sent_at > since))).scalar_one())
-
-    # -- archive and metrics -----------------------------------------------------------------
-
-    async def archived_issues(self, newsletter: str) -> list[ArchivedIssue]:
-        """The issues of a newsletter that went out, newest first, without their bodies.
-
-        Every send counts, finished or not: once the first copy left, the issue is public.
-        """
-        async with self.session() as s:
-            rows = await s.execute(
-                select(Send.slug, Send.subject, Send.preheader, Send.created_at)
-                .where(Send.newsletter == newsletter)
-                .order_by(Send.created_at.desc(), Send.id.desc())
-            )
-            return [ArchivedIssue(*row) for row in rows.all()]
-
-    async def archived_issue(self, newsletter: str, slug: str) -> Send | None:
-        """The send of one issue, for its web view (None: never sent)."""
-        async with self.session() as s:
-            return (await s.execute(select(Send).where(
-                Send.newsletter == newsletter, Send.slug == slug))).scalar_one_or_none()
-
-    async def subscription_counts(self) -> dict[tuple[str, SubscriptionStatus], int]:
-        """Subscriptions per (newsletter, state), counted in the database at scrape time so
-        every process reports the same numbers."""
-        async with self.session() as s:
-            rows = await s.execute(
-                select(Subscription.newsletter, Subscription.status, func.count())
-                .group_by(Subscription.newsletter, Subscription.status))
-            return {(n, SubscriptionStatus(status)): c for n, status, c in rows.all()}
-
-    async def delivery_totals(self) -> dict[tuple[str, DeliveryStatus], int]:
-        """Deliveries per (newsletter, state) over every send: the sent/failed totals."""
-        async with self.session() as s:
-            rows = await s.execute(
-                select(Send.newsletter, Delivery.status, func.count())
-                .join(Send, Send.id == Delivery.send_id)
-                .group_by(Send.newsletter, Delivery.status))
-            return {(n, DeliveryStatus(status)): c for n, status, c in rows.all()}
-
-    async def send_durations(self) -> list[tuple[str, float]]:
-        """(newsletter, seconds from queueing to the last outcome) of every finished send.
-
-        The difference is taken in Python: SQLite and PostgreSQL subtract dates differently.
-        """
-        async with self.session() as s:
-            rows = await s.execute(
-                select(Send.newsletter, Send.created_at, Send.finished_at)
-                .where(Send.status == SendStatus.FINISHED, Send.finished_at.is_not(None)))
-            return [(n, max(0.0, (end - start).total_seconds()))
-                    for n, start, end in rows.all() if end is not None]
-
     # -- the daemon's schedule ---------------------------------------------------------------
 
-    async def latest_send(self, newsletter: str) -> Send | None:
+    async def latest_send(self, newsletter: str) -> SendRow | None:
         """The newest send of `newsletter`: `status` shows it as the last send, and when it
         was created tells the scheduler whether the latest slot already had its issue."""
         async with self.session() as s:
-            return (await s.execute(
+            send = (await s.execute(
                 select(Send).where(Send.newsletter == newsletter)
                 .order_by(Send.created_at.desc(), Send.id.desc()).limit(1)
             )).scalar_one_or_none()
+            return None if send is None else send_row(send)
 
     async def open_send_for_slot(
         self, *, slot_start: datetime, newsletter: str, slug: str, subject: str,
         preheader: str, html: str, text: str, web_url: str,
-    ) -> tuple[Send | None, bool]:
+    ) -> tuple[SendRow | None, bool]:
         """open_send for a scheduled slot: at most one new issue per newsletter per slot.
 
         Two daemons firing the same slot share one send (the unique key does that), but
@@ -280,7 +209,7 @@ class SendQueries(StoreBase):
             same = (await s.execute(select(Send).where(
                 Send.newsletter == newsletter, Send.slug == slug))).scalar_one_or_none()
             if same is not None:
-                return same, False
+                return send_row(same), False
             other = (await s.execute(select(Send.id).where(
                 Send.newsletter == newsletter, Send.created_at >= slot_start).limit(1)
             )).scalar_one_or_none()
@@ -288,6 +217,7 @@ class SendQueries(StoreBase):
                 return None, False
             # A `send-now` of the same issue (which takes no slot lock) may have inserted it
             # a moment ago; then that send is the one to share.
-            return await self._insert_and_queue(
+            send, created = await self._insert_and_queue(
                 s, newsletter=newsletter, slug=slug, subject=subject, preheader=preheader,
                 html=html, text=text, web_url=web_url)
+            return send_row(send), created

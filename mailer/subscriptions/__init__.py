@@ -1,9 +1,9 @@
 """Use cases of subscribers: double opt-in, leaving, CSV import."""
 
+from mailer.subscriptions.csvfile import MAX_IMPORT_ERRORS_SHOWN, read_csv
 from mailer.subscriptions.optin import (
     CONFIRM_RESEND_INTERVAL,
     CONFIRM_UNSENT_LEASE,
-    MAX_IMPORT_ERRORS_SHOWN,
     ConfirmationDue,
     add,
     confirm,
@@ -12,18 +12,19 @@ from mailer.subscriptions.optin import (
     deliver_confirmation,
     find_by_confirm_token,
     find_by_unsubscribe_token,
-    read_csv,
     resubscribe,
     send_confirmation,
     subscribe,
     unsubscribe,
 )
+from mailer.subscriptions.ports import SubscriberStore
 
 __all__ = [
     "CONFIRM_RESEND_INTERVAL",
     "CONFIRM_UNSENT_LEASE",
     "ConfirmationDue",
     "MAX_IMPORT_ERRORS_SHOWN",
+    "SubscriberStore",
     "add",
     "confirm",
     "confirm_max_age",

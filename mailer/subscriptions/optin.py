@@ -1,4 +1,4 @@
-"""Subscribing and leaving: double opt-in, confirm, unsubscribe, and CSV import rows."""
+"""Subscribing and leaving: double opt-in, confirm, unsubscribe, resubscribe."""
 
 from __future__ import annotations
 
@@ -8,86 +8,20 @@ import unicodedata
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from email.utils import parseaddr
-from pathlib import Path
 
 from mailer import tokens
 from mailer.addresses import clean_name, normalize_email
 from mailer.config import Config, Newsletter
 from mailer.content import render
 from mailer.delivery.message import build_notice
+from mailer.delivery.single import send_one
 from mailer.errors import MailerError, SubscriberError, TokenError
 from mailer.keys import token_key
-from mailer.sending.sender import send_one
+from mailer.rows import SubscriptionRow
 from mailer.states import SubscriptionStatus, utcnow
-from mailer.store import Store
-from mailer.store.models import Subscription
-from mailer.subscriptions import csvcells
+from mailer.subscriptions.ports import SubscriberStore
 
 log = logging.getLogger("mailer.subscriptions")
-
-MAX_IMPORT_ERRORS_SHOWN = 20
-
-
-def read_csv(path: Path, *, confirmed: bool = False) -> list[tuple[str, str]]:
-    """Rows (email, name) of an import file: columns `email[,name]` (a header is optional),
-    or an export (its status is checked; its dates are the old list's). Cells the export
-    quoted against spreadsheet formulas (`'=…`) read back as exported. Read line by line:
-    a row over csvcells.MAX_RECORD_CHARS stops it there.
-
-    Raises:
-        SubscriberError: naming every bad row by line number, or the line where the file
-            stops being CSV (or UTF-8); nothing is returned then.
-    """
-    rows: list[tuple[str, str]] = []
-    problems: list[str] = []
-    bad = 0
-    seen: set[str] = set()
-    exported = False
-    try:
-        with path.open("rb") as binary:
-            for line, raw in csvcells.records(binary):
-                cells = [csvcells.unescape_cell(cell) for cell in raw]
-                if not cells or all(not c.strip() for c in cells):
-                    continue
-                if line == 1 and cells[0].strip().lower() in ("email", "e-mail", "address"):
-                    exported = tuple(c.strip().lower() for c in cells) == csvcells.EXPORT_HEADER
-                    continue
-                try:
-                    row = _import_row(cells, exported=exported, confirmed=confirmed)
-                except SubscriberError as exc:
-                    bad += 1
-                    if len(problems) < MAX_IMPORT_ERRORS_SHOWN:
-                        problems.append(f"line {line}: {exc.message}")
-                    continue
-                if row[0] not in seen:
-                    seen.add(row[0])
-                    rows.append(row)
-    except OSError as exc:
-        raise SubscriberError(f"cannot read: {exc}", file=str(path)) from None
-    except csvcells.CsvProblem as exc:
-        raise SubscriberError(f"{exc.message}; nothing imported", file=str(path),
-                              line=exc.line) from None
-    if problems:
-        more = bad - len(problems)
-        summary = "; ".join(problems) + (f"; and {more} more" if more else "")
-        raise SubscriberError(f"{bad} bad row(s), nothing imported: {summary}", file=str(path))
-    return rows
-
-
-def _import_row(cells: list[str], *, exported: bool, confirmed: bool) -> tuple[str, str]:
-    columns = len(csvcells.EXPORT_HEADER) if exported else 2
-    if len(cells) > columns:
-        expected = ",".join(csvcells.EXPORT_HEADER) if exported else "email[,name]"
-        raise SubscriberError(f"expected {expected}, got {len(cells)} columns")
-    status = cells[2].strip() if exported and len(cells) > 2 else ""
-    # Taking in an export must not undo what its list recorded: whoever left, bounced or
-    # complained stays out, and --confirmed does not confirm someone who never did.
-    allowed = ("confirmed",) if confirmed else ("pending", "confirmed")
-    if status and status not in allowed:
-        raise SubscriberError(f"status {status!r}: an import with{'' if confirmed else 'out'} "
-                              f"--confirmed takes only {' or '.join(allowed)} rows of an "
-                              "export (export with --status confirmed)")
-    return normalize_email(cells[0]), clean_name(cells[1] if len(cells) > 1 else "")
 
 
 def confirm_url(config: Config, key: str, subscription_id: int, generation: int) -> str:
@@ -107,7 +41,7 @@ async def send_confirmation(config: Config, newsletter: Newsletter, email: str,
     await send_one(config, sender_address, email, msg.as_bytes())
 
 
-async def add(config: Config, store: Store, newsletter: Newsletter, raw_email: str, *,
+async def add(config: Config, store: SubscriberStore, newsletter: Newsletter, raw_email: str, *,
               name: str = "", confirmed: bool = False) -> str:
     """`subscribers add`: a confirmed subscriber, or a pending one who gets the confirm email.
 
@@ -149,8 +83,9 @@ class ConfirmationDue:
     claimed_at: datetime
 
 
-async def subscribe(config: Config, store: Store, newsletter: Newsletter, raw_email: str, *,
-                    name: str = "", now: datetime | None = None) -> ConfirmationDue | None:
+async def subscribe(config: Config, store: SubscriberStore, newsletter: Newsletter,
+                    raw_email: str, *, name: str = "", now: datetime | None = None
+                    ) -> ConfirmationDue | None:
     """A sign-up from the public form: store a pending subscription, decide on the email.
 
     New, pending, unsubscribed and bounced addresses end up pending; a confirmed one is
@@ -205,7 +140,7 @@ def _refuse_lookalike_domain(email: str) -> None:
                                   f"that look alike ({text!r}): please check it", field="email")
 
 
-async def deliver_confirmation(config: Config, store: Store, newsletter: Newsletter,
+async def deliver_confirmation(config: Config, store: SubscriberStore, newsletter: Newsletter,
                                due: ConfirmationDue) -> bool:
     """Send a claimed confirmation email; True when the server took it.
 
@@ -217,17 +152,17 @@ async def deliver_confirmation(config: Config, store: Store, newsletter: Newslet
         await send_confirmation(config, newsletter, due.email, due.subscription_id,
                                 generation=due.generation)
     except MailerError as exc:
-        log.error("confirmation email for subscription %d not sent: %s", due.subscription_id,
-                  exc)
+        log.error("confirmation email not sent",
+                  extra={"subscription_id": due.subscription_id, "error": str(exc)})
         await store.release_confirm_email(due.subscription_id, claimed_at=due.claimed_at)
         return False
     await store.confirm_email_sent(due.subscription_id, claimed_at=due.claimed_at)
-    log.info("confirmation email sent for subscription %d", due.subscription_id)
+    log.info("confirmation email sent", extra={"subscription_id": due.subscription_id})
     return True
 
 
-async def confirm(config: Config, store: Store, token: str, *, now: datetime | None = None
-                  ) -> Subscription:
+async def confirm(config: Config, store: SubscriberStore, token: str, *, now: datetime | None = None
+                  ) -> SubscriptionRow:
     """Confirm the subscription a confirmation link was made for; twice is fine.
 
     Raises:
@@ -246,7 +181,8 @@ async def confirm(config: Config, store: Store, token: str, *, now: datetime | N
     return sub
 
 
-async def find_by_confirm_token(config: Config, store: Store, token: str) -> Subscription:
+async def find_by_confirm_token(config: Config, store: SubscriberStore, token: str
+                                ) -> SubscriptionRow:
     """The subscription a confirmation link is for, changing nothing (a scanner's GET).
 
     Raises:
@@ -261,8 +197,8 @@ async def find_by_confirm_token(config: Config, store: Store, token: str) -> Sub
     return sub
 
 
-async def find_by_unsubscribe_token(config: Config, store: Store, token: str
-                                    ) -> Subscription | None:
+async def find_by_unsubscribe_token(config: Config, store: SubscriberStore, token: str
+                                    ) -> SubscriptionRow | None:
     """The subscription an unsubscribe link is for, changing nothing (None: it is gone).
 
     Raises:
@@ -272,8 +208,8 @@ async def find_by_unsubscribe_token(config: Config, store: Store, token: str
     return await store.subscription(subscription_id)
 
 
-async def unsubscribe(config: Config, store: Store, token: str, *, now: datetime | None = None
-                      ) -> Subscription | None:
+async def unsubscribe(config: Config, store: SubscriberStore, token: str, *,
+                      now: datetime | None = None) -> SubscriptionRow | None:
     """End the subscription an unsubscribe link is for, at once; idempotent.
 
     None: the subscription does not exist (removed, or the link of a test copy), so there
@@ -285,12 +221,12 @@ async def unsubscribe(config: Config, store: Store, token: str, *, now: datetime
     subscription_id = tokens.read_unsubscribe_token(token_key(config.settings), token)
     sub = await store.unsubscribe_subscription(subscription_id, now=now or utcnow())
     if sub is not None:
-        log.info("subscription %d unsubscribed", subscription_id)
+        log.info("subscription unsubscribed", extra={"subscription_id": subscription_id})
     return sub
 
 
-async def resubscribe(config: Config, store: Store, token: str, *, now: datetime | None = None
-                      ) -> Subscription:
+async def resubscribe(config: Config, store: SubscriberStore, token: str, *,
+                      now: datetime | None = None) -> SubscriptionRow:
     """Undo unsubscribing with the same link: the subscription is confirmed again.
 
     Raises:
@@ -300,10 +236,10 @@ async def resubscribe(config: Config, store: Store, token: str, *, now: datetime
     sub = await store.resubscribe_subscription(subscription_id, now=now or utcnow())
     if sub is None:
         raise TokenError("this subscription no longer exists; please subscribe again")
-    log.info("subscription %d resubscribed", subscription_id)
+    log.info("subscription resubscribed", extra={"subscription_id": subscription_id})
     return sub
 
 
-__all__ = ["ConfirmationDue", "Subscription", "add", "confirm", "deliver_confirmation",
-           "find_by_confirm_token", "find_by_unsubscribe_token", "read_csv", "resubscribe",
+__all__ = ["ConfirmationDue", "add", "confirm", "deliver_confirmation",
+           "find_by_confirm_token", "find_by_unsubscribe_token", "resubscribe",
            "send_confirmation", "subscribe", "unsubscribe"]

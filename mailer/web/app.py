@@ -25,12 +25,14 @@ from starlette.types import Receive, Scope, Send
 from mailer import subscriptions
 from mailer.config import Config, Newsletter
 from mailer.content import render
+from mailer.content.rendered import RenderedIssue
 from mailer.states import SubscriptionStatus
 from mailer.store import Store
 from mailer.web import metrics
 from mailer.web.confirmations import ConfirmationQueue
 from mailer.web.guards import MAX_BODY, RateLimiter, SecurityHeaders, read_body, read_fields
 from mailer.web.pages import EXCEPTION_HANDLERS, page, wants_json
+from mailer.web.ports import WebStore
 from mailer.web.server import SignalServer, server_config
 
 log = logging.getLogger("mailer.web")
@@ -48,8 +50,8 @@ def _config(request: Request) -> Config:
     return config
 
 
-def _store(request: Request) -> Store:
-    store: Store = request.app.state.store
+def _store(request: Request) -> WebStore:
+    store: WebStore = request.app.state.store
     return store
 
 
@@ -87,7 +89,8 @@ async def subscribe(request: Request) -> Response:
     fields = await read_fields(request, ("email", "name", HONEYPOT))
     background = None
     if fields.get(HONEYPOT):
-        log.info("sign-up to %s with the honeypot filled in: ignored", newsletter.id)
+        log.info("sign-up with the honeypot filled in: ignored",
+                 extra={"newsletter": newsletter.id})
     else:
         store = _store(request)
         due = await subscriptions.subscribe(config, store, newsletter, fields.get("email", ""),
@@ -188,7 +191,7 @@ async def issue(request: Request) -> Response:
     send = await _store(request).archived_issue(newsletter.id, request.path_params["slug"])
     if send is None:
         raise HTTPException(404, "there is no sent issue of that name here")
-    rendered = render.RenderedIssue(subject=send.subject, preheader=send.preheader,
+    rendered = RenderedIssue(subject=send.subject, preheader=send.preheader,
                                     html=send.html, text=send.text, web_url=send.web_url)
     return HTMLResponse(render.render_web_view(rendered))
 
@@ -256,17 +259,14 @@ async def serve(config: Config, *, host: str | None = None, port: int | None = N
     Raises:
         MailerError: the database cannot be opened (before anything listens).
     """
-    store = await Store.open(config.settings.database_url)
-    try:
+    async with Store.open(config.settings.database_url) as store:
         await SignalServer(server_config(
             create_app(config, store=store), config.settings, host=host or config.settings.host,
             port=config.settings.port if port is None else port, log_level="info",
         )).serve()
-    finally:
-        await store.close()
 
 
-def create_app(config: Config, *, store: Store | None = None) -> Starlette:
+def create_app(config: Config, *, store: WebStore | None = None) -> Starlette:
     """The web app. Handlers read `app.state.config` (the daemon swaps it on reload) and
     `app.state.store`; without `store`, the app opens its own in its lifespan."""
 
@@ -274,9 +274,8 @@ def create_app(config: Config, *, store: Store | None = None) -> Starlette:
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         async with contextlib.AsyncExitStack() as stack:
             if store is None:
-                own = await Store.open(app.state.config.settings.database_url)
-                app.state.store = own
-                stack.push_async_callback(own.close)
+                app.state.store = await stack.enter_async_context(
+                    Store.open(app.state.config.settings.database_url))
             # Left first: unsent confirmation emails are given back while the store is open.
             await stack.enter_async_context(app.state.confirmations)
             yield

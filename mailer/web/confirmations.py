@@ -10,8 +10,7 @@ from types import TracebackType
 
 from mailer import subscriptions
 from mailer.config import Config, Newsletter
-from mailer.store import Store
-from mailer.subscriptions import ConfirmationDue
+from mailer.subscriptions import ConfirmationDue, SubscriberStore
 
 log = logging.getLogger("mailer.confirmations")
 
@@ -26,7 +25,7 @@ DRAIN_SECONDS = 3.0
 @dataclass(frozen=True, slots=True, eq=False)
 class _Job:
     config: Config
-    store: Store
+    store: SubscriberStore
     newsletter: Newsletter
     due: ConfirmationDue
 
@@ -50,7 +49,7 @@ class ConfirmationQueue:
         self._sending: set[_Job] = set()
         self._running = False
 
-    async def put(self, config: Config, store: Store, newsletter: Newsletter,
+    async def put(self, config: Config, store: SubscriberStore, newsletter: Newsletter,
                   due: ConfirmationDue) -> None:
         """Queue a claimed confirmation email and return at once.
 
@@ -64,8 +63,8 @@ class ConfirmationQueue:
         try:
             self._queue.put_nowait(job)
         except asyncio.QueueFull:
-            log.warning("too many confirmation emails waiting: subscription %d's is given "
-                        "back for its next sign-up", due.subscription_id)
+            log.warning("too many confirmation emails waiting: this one is given back for "
+                        "its next sign-up", extra={"subscription_id": due.subscription_id})
             await self._release(job)
 
     async def join(self) -> None:
@@ -97,8 +96,8 @@ class ConfirmationQueue:
             self._queue.task_done()
         self._sending.clear()
         if left:
-            log.warning("stopping with %d confirmation email(s) unsent: given back, the "
-                        "next sign-up of each address sends it", len(left))
+            log.warning("stopping with confirmation emails unsent: given back, the next "
+                        "sign-up of each address sends it", extra={"unsent": len(left)})
         await asyncio.gather(*(self._release(job) for job in left))
 
     async def _send_forever(self) -> None:
@@ -109,8 +108,8 @@ class ConfirmationQueue:
                 await subscriptions.deliver_confirmation(job.config, job.store, job.newsletter,
                                                          job.due)
             except Exception:  # a database error, a bug: the next email must still go
-                log.exception("confirmation email for subscription %d failed",
-                              job.due.subscription_id)
+                log.exception("confirmation email failed",
+                              extra={"subscription_id": job.due.subscription_id})
                 await self._release(job)
             # Not reached when a stop cancels the send: the job stays in _sending, and the
             # stop gives its claim back.
@@ -122,5 +121,5 @@ class ConfirmationQueue:
             await job.store.release_confirm_email(job.due.subscription_id,
                                                   claimed_at=job.due.claimed_at)
         except Exception:  # the row keeps confirm_unsent: due again after the lease
-            log.exception("claim of subscription %d's confirmation email not given back",
-                          job.due.subscription_id)
+            log.exception("claim of a confirmation email not given back",
+                          extra={"subscription_id": job.due.subscription_id})

@@ -18,7 +18,7 @@ from prometheus_client.core import (
 
 from mailer import __version__
 from mailer.states import DeliveryStatus, SubscriptionStatus
-from mailer.store import Store
+from mailer.web.ports import MetricsStore
 
 # The text format every Prometheus version reads; generate_latest writes exactly this.
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -65,7 +65,7 @@ def is_loopback(host: str | None) -> bool:
 
 
 @dataclass(frozen=True)
-class Snapshot:
+class ScrapeCounts:
     """The numbers of one scrape, read from the database."""
 
     newsletters: Sequence[str]
@@ -74,7 +74,7 @@ class Snapshot:
     send_durations: Sequence[tuple[str, float]]
 
 
-async def snapshot(store: Store, newsletters: Iterable[str]) -> Snapshot:
+async def snapshot(store: MetricsStore, newsletters: Iterable[str]) -> ScrapeCounts:
     """Read what the metrics report. Every process that shares the database (the daemon,
     `send-now`, a second web process) is counted, which in-process counters could not do."""
     subscriptions = await store.subscription_counts()
@@ -83,13 +83,13 @@ async def snapshot(store: Store, newsletters: Iterable[str]) -> Snapshot:
     # Configured newsletters report zeros rather than vanish; ones that left the config
     # but still have rows in the database are reported too.
     known = set(newsletters) | {n for n, _ in subscriptions} | {n for n, _ in deliveries}
-    return Snapshot(sorted(known), subscriptions, deliveries, durations)
+    return ScrapeCounts(sorted(known), subscriptions, deliveries, durations)
 
 
 class DatabaseCollector:
     """A prometheus-client collector that yields the metric families of one snapshot."""
 
-    def __init__(self, data: Snapshot) -> None:
+    def __init__(self, data: ScrapeCounts) -> None:
         self.data = data
 
     def collect(self) -> Iterator[Metric]:
@@ -141,7 +141,7 @@ def _le(bound: float) -> str:
     return str(int(bound)) if bound.is_integer() else str(bound)
 
 
-async def exposition(store: Store, newsletters: Iterable[str]) -> bytes:
+async def exposition(store: MetricsStore, newsletters: Iterable[str]) -> bytes:
     """The Prometheus text of everything mailer reports, counted now."""
     registry = CollectorRegistry()
     registry.register(DatabaseCollector(await snapshot(store, newsletters)))

@@ -101,8 +101,8 @@ class DeadlineProtocol(H11Protocol):
                 # The app's answer, should one still come, must not follow ours on the wire.
                 self.cycle.disconnected = True
                 self.cycle.message_event.set()
-        log.debug("request %s not complete in time: connection closed", phase,
-                  extra={"client": self.client[0] if self.client else "unknown"})
+        log.debug("request not complete in time: connection closed", extra={
+            "phase": phase, "client": self.client[0] if self.client else "unknown"})
         if begun:
             self._answer(408, f"the request {phase} did not arrive in time")
         else:
@@ -125,9 +125,9 @@ class DeadlineProtocol(H11Protocol):
 
 
 class SignalServer(uvicorn.Server):
-    """uvicorn's server, except that after a graceful stop on SIGTERM/SIGINT it returns
-    instead of raising the signal again (which would kill the process before the store is
-    closed, and exit with -15 instead of 0)."""
+    """uvicorn's server for `mailer serve`, where it is the whole process: it handles
+    SIGTERM/SIGINT itself, and after a graceful stop returns instead of raising the signal
+    again (which would kill the process before the store is closed, and exit with -15, not 0)."""
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
@@ -141,6 +141,15 @@ class SignalServer(uvicorn.Server):
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
+
+
+class EmbeddedServer(uvicorn.Server):
+    """uvicorn's server inside `mailer run`, one part of the daemon: it installs no signal
+    handlers, because the daemon owns SIGTERM/SIGINT and stops the server itself."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
 
 
 def server_config(app: ASGIApp, settings: Settings, /, *, head_timeout: float = HEAD_TIMEOUT,

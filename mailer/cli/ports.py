@@ -1,0 +1,40 @@
+"""What the `status` and `subscribers` commands need from the database: the narrow seams
+they are written against (mailer.store.Store satisfies both; each method is documented
+where the store defines it)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterable, Sequence
+from datetime import datetime
+from typing import Protocol
+
+from mailer.rows import SendRow, SubscriberRow
+from mailer.states import DeliveryStatus, SubscriptionStatus
+from mailer.subscriptions import SubscriberStore
+
+
+class StatusStore(Protocol):
+    """`mailer status`: the last send per newsletter, every send, its rate and failures."""
+
+    async def latest_send(self, newsletter: str) -> SendRow | None: ...
+
+    async def sends(self, newsletter: str | None = None) -> list[SendRow]: ...
+
+    async def delivery_counts(self, send_id: int) -> dict[DeliveryStatus, int]: ...
+
+    async def sent_since(self, send_id: int, since: datetime) -> int: ...
+
+    async def failures(self, send_id: int, limit: int = 20
+                       ) -> Sequence[tuple[str, int | None, str]]: ...
+
+
+class ListStore(SubscriberStore, Protocol):
+    """`mailer subscribers …`: add, import, export, list and remove."""
+
+    async def import_subscribers(self, rows: Iterable[tuple[str, str]], *, newsletter: str,
+                                 confirmed: bool) -> int: ...
+
+    def subscribers(self, *, newsletter: str, status: SubscriptionStatus | None = None
+                    ) -> AsyncIterator[SubscriberRow]: ...
+
+    async def remove_subscriber(self, email: str, *, newsletter: str) -> bool: ...

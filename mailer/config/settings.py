@@ -1,0 +1,148 @@
+"""The process-wide Settings model and its validators."""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+from mailer.config.paths import absolute, root_of
+
+
+class Settings(BaseModel):
+    """Process-wide settings; secrets are SecretStr and only ever come from the environment."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    base_url: str = "http://127.0.0.1:8025"
+    database_url: str = "sqlite:///var/mailer.db"
+    smtp_url: str = "capture"
+    concurrency: int = Field(10, ge=1)
+    rate_per_second: float = Field(0, ge=0)
+    max_per_hour: int = Field(0, ge=0)
+    postal_address: str = ""
+    host: str = "127.0.0.1"
+    port: int = Field(8025, ge=0, le=65535)
+    var_dir: Path = Path("var")
+    secret_key: SecretStr | None = None
+    smtp_password: SecretStr | None = None
+    dkim_key: SecretStr | None = None
+    # GET /metrics for `Authorization: Bearer <token>` only; unset: for loopback clients only.
+    metrics_token: SecretStr | None = None
+    dkim_selector: str | None = None
+    dkim_domain: str | None = None
+    confirm_token_days: int = Field(7, ge=1)
+    max_attempts: int = Field(5, ge=1)
+    retry_base_seconds: float = Field(30.0, ge=0)
+    hard_bounce_limit: int = Field(1, ge=1)
+    # A send pauses itself when this share of its last `error_window` attempts failed:
+    # a dead relay must not burn through the whole list.
+    max_error_rate: float = Field(0.5, gt=0, le=1)
+    error_window: int = Field(50, ge=1)
+    check_deliverability: bool = False
+    subscribe_rate_per_minute: int = Field(10, ge=0)
+    # Reverse proxies whose X-Forwarded-For names the client (addresses or networks);
+    # anyone else's is ignored, or a changing header would pass the rate limit.
+    trusted_proxies: tuple[str, ...] = ()
+    test_now: datetime | None = None
+    log_json: bool = False
+    # `mailer run`: seconds in-flight SMTP transactions get after SIGTERM/SIGINT; how late a
+    # missed slot is still caught up; how often files are checked for edits (0: SIGHUP only);
+    # a progress line every so many messages.
+    shutdown_grace_seconds: float = Field(30.0, ge=0)
+    catch_up_hours: float = Field(24.0, ge=0)
+    watch_seconds: float = Field(2.0, ge=0)
+    log_progress_every: int = Field(100, ge=1)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _derive_defaults(cls, data: Any) -> Any:
+        # Links follow host/port and the database lives in var_dir unless told otherwise.
+        if isinstance(data, dict):
+            data = dict(data)
+            host = str(data.get("host") or "127.0.0.1")
+            host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+            host = f"[{host}]" if ":" in host else host
+            data.setdefault("base_url", f"http://{host}:{data.get('port', 8025)}")
+            data.setdefault("var_dir", "var")
+            data.setdefault("database_url", f"sqlite:///{data['var_dir']}/mailer.db")
+        return data
+
+    @field_validator("base_url")
+    @classmethod
+    def _valid_base_url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ValueError(f"expected an http(s) URL like https://news.example.com, "
+                             f"got {value!r}")
+        return value.rstrip("/")
+
+    @field_validator("database_url")
+    @classmethod
+    def _absolute_sqlite(cls, value: str, info: ValidationInfo) -> str:
+        if "://" not in value:
+            raise ValueError("expected a database URL like sqlite:///var/mailer.db "
+                             "or postgresql+asyncpg://user@host/db")
+        match = re.fullmatch(r"(sqlite(?:\+\w+)?):///(.*)", value, re.S)
+        if match and match[2] and not match[2].startswith(("/", ":memory:", "?")):
+            # Relative to the config file, not to wherever the daemon happens to be started.
+            path, sep, query = match[2].partition("?")
+            value = f"{match[1]}:///{absolute(Path(path), root_of(info))}{sep}{query}"
+        return value
+
+    @field_validator("smtp_url")
+    @classmethod
+    def _valid_smtp_url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if value != "capture" and (parts.scheme not in ("smtp", "smtps") or not parts.hostname):
+            raise ValueError("expected capture, smtp://user@host:587?starttls=true "
+                             f"or smtps://host:465, got {value!r}")
+        return value
+
+    @field_validator("var_dir")
+    @classmethod
+    def _absolute_var_dir(cls, value: Path, info: ValidationInfo) -> Path:
+        return absolute(value, root_of(info))
+
+    @field_validator("test_now")
+    @classmethod
+    def _aware_test_now(cls, value: datetime | None) -> datetime | None:
+        return value.replace(tzinfo=UTC) if value and value.tzinfo is None else value
+
+    @field_validator("trusted_proxies", mode="before")
+    @classmethod
+    def _proxy_list(cls, value: Any) -> Any:
+        # MAILER_TRUSTED_PROXIES="10.0.0.1, 10.1.0.0/16": the environment gives one string.
+        return [p for p in re.split(r"[\s,]+", value) if p] if isinstance(value, str) else value
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _valid_proxies(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for proxy in value:
+            try:  # what uvicorn accepts; it would take anything else as a name never matched
+                ipaddress.ip_network(proxy)
+            except ValueError:
+                raise ValueError(f"expected IP addresses or networks like 10.0.0.1 or "
+                                 f"10.0.0.0/8 (no host bits after the /), got {proxy!r}") from None
+        return value
+
+    @model_validator(mode="after")
+    def _dkim_complete(self) -> Settings:
+        given = [self.dkim_key is not None, bool(self.dkim_selector), bool(self.dkim_domain)]
+        if any(given) and not all(given):
+            raise ValueError("DKIM signing needs dkim_selector, dkim_domain and "
+                             "MAILER_DKIM_KEY_FILE together")
+        return self
