@@ -7,7 +7,7 @@ failed, unknown), and a process's tally of them.
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from mailer.errors import DeliveryInDoubt, PermanentFailure, TemporaryFailure
@@ -37,7 +37,6 @@ class Tally:
     failed: int = 0
     retried: int = 0
     unknown: int = 0
-    failures: list[str] = field(default_factory=list)
 
     def count(self, outcome: Outcome) -> None:
         if outcome.status == DeliveryStatus.SENT:

@@ -14,14 +14,17 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from mailer.web.pages import content_type
-
 MAX_BODY = 16 * 1024  # an address, a name and a honeypot take a few hundred bytes
 FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
 # No scripts and no third-party requests on our pages; images in the web view of an issue
 # may come from anywhere, as in the email. frame-ancestors: no clickjacking of the buttons.
 CSP = ("default-src 'none'; img-src http: https: data:; style-src 'unsafe-inline'; "
        "form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
+
+
+def content_type(request: Request) -> str:
+    """The request's media type, lower case, without parameters."""
+    return request.headers.get("content-type", "").partition(";")[0].strip().lower()
 
 
 async def read_body(request: Request) -> bytes:

@@ -15,6 +15,7 @@ from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, R
 
 from mailer.config import BUNDLED_TEMPLATES, Config, Newsletter
 from mailer.errors import InputError
+from mailer.web.guards import content_type
 
 log = logging.getLogger("mailer.web")
 
@@ -52,11 +53,6 @@ def page(request: Request, name: str, *, status: int = 200, title: str,
         title=title, newsletter=newsletter, url=url, postal_address=config.settings.postal_address,
         accent=newsletter.accent_color if newsletter else DEFAULT_ACCENT, **context)
     return HTMLResponse(html, status_code=status, background=background)
-
-
-def content_type(request: Request) -> str:
-    """The request's media type, lower case, without parameters."""
-    return request.headers.get("content-type", "").partition(";")[0].strip().lower()
 
 
 def wants_json(request: Request) -> bool:
