@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -118,3 +119,44 @@ class SignUp:
     subscription_id: int
     generation: int  # the subscription's token generation, for its confirmation link
     claimed: bool  # this sign-up won the right to send the confirmation email now
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryCounts:
+    """A send's deliveries by state; recipients not yet queued count as pending."""
+
+    pending: int = 0
+    sending: int = 0
+    sent: int = 0
+    failed: int = 0
+    unknown: int = 0
+    skipped: int = 0
+
+    @classmethod
+    def of(cls, by_state: Mapping[DeliveryStatus, int]) -> DeliveryCounts:
+        """The counts of Store.delivery_counts' mapping."""
+        return cls(**{state.value: by_state.get(state, 0) for state in DeliveryStatus})
+
+    @property
+    def open(self) -> int:
+        """Not finished one way or the other: waiting (or retrying later), or in flight."""
+        return self.pending + self.sending
+
+    @property
+    def total(self) -> int:
+        return self.open + self.sent + self.failed + self.unknown + self.skipped
+
+    @property
+    def done(self) -> int:
+        """Finished one way or the other (sent, failed, unknown, skipped)."""
+        return self.total - self.open
+
+    @property
+    def undelivered(self) -> int:
+        """Recipients who have not got the issue for sure: failed, unknown or still open."""
+        return self.failed + self.unknown + self.open
+
+    def settled(self) -> dict[str, int]:
+        """The finished states by name, for a log line's fields."""
+        return {"sent": self.sent, "failed": self.failed, "unknown": self.unknown,
+                "skipped": self.skipped}

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from mailer.sending.report import DeliveryCounts
+from mailer.rows import DeliveryCounts
 from mailer.states import DeliveryStatus
 
 

@@ -163,8 +163,8 @@ def preview(
 @fails_cleanly
 def status(newsletter: Annotated[str | None, typer.Argument()] = None) -> None:
     """Show each newsletter's next run and last send, then every send: sent, failed, open."""
+    from mailer.rows import DeliveryCounts
     from mailer.schedule import describe, next_fire_time
-    from mailer.sending.report import DeliveryCounts
 
     cfg = state.config()
     if newsletter:

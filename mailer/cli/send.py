@@ -20,10 +20,10 @@ from mailer.content import render
 from mailer.delivery.message import letter_of
 from mailer.delivery.single import send_one
 from mailer.errors import InputError
-from mailer.rows import Outcome, SendRow
+from mailer.rows import DeliveryCounts, Outcome, SendRow
 from mailer.sending import prepare
 from mailer.sending.preview import sample_message
-from mailer.sending.report import DeliveryCounts, Report, deliver_with_report
+from mailer.sending.report import Report, deliver_with_report
 from mailer.sending.sender import Sender
 from mailer.states import DeliveryStatus, SendStatus
 from mailer.store import Store

@@ -16,13 +16,13 @@ from typing import Any
 from mailer.config import Config, Newsletter
 from mailer.content import Issue
 from mailer.errors import MailerError
-from mailer.rows import Outcome, SendRow
+
+# Re-exported while tests/test_scheduler.py imports it from here (it moved to prepare).
+from mailer.rows import DeliveryCounts, Outcome, SendRow
 from mailer.schedule import Clock, last_slot
 from mailer.sending.prepare import Skip, SkipReason, prepare
 from mailer.sending.recovery import recover_dead_workers
-
-# Re-exported while tests/test_scheduler.py imports it from here (it moved to prepare).
-from mailer.sending.report import DeliveryCounts, Report, deliver_with_report
+from mailer.sending.report import Report, deliver_with_report
 from mailer.sending.sender import Sender
 from mailer.states import DeliveryStatus, SendStatus
 from mailer.store import Store

@@ -16,9 +16,9 @@ from pathlib import Path
 
 from mailer import logs
 from mailer.config import Config
-from mailer.rows import Outcome, SendRow
+from mailer.rows import DeliveryCounts, Outcome, SendRow
 from mailer.sending.prepare import Skip, prepare
-from mailer.sending.report import DeliveryCounts, Report, deliver_with_report
+from mailer.sending.report import Report, deliver_with_report
 from mailer.sending.sender import Sender
 from mailer.states import utcnow
 from mailer.store import Store
