@@ -9,8 +9,6 @@ import logging
 import os
 import signal
 import socket
-import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -31,6 +29,7 @@ from mailer.web.server import server_config
 from tests import storehelp
 from tests.conftest import Project
 from tests.smtpd import RecordingServer
+from tests.tools import start_mailer_http
 
 KEY = "test-key"  # what Project.configure puts in MAILER_SECRET_KEY
 HEAD, BODY = 0.4, 0.6  # the test server's deadlines; the shipped ones are 10 and 15 seconds
@@ -341,26 +340,12 @@ async def test_get_and_head_of_a_confirm_link_change_nothing_and_a_post_confirms
 def test_the_commands_trust_only_the_configured_proxies_and_log_a_vanished_client_briefly(
     project: Project, command: str,
 ) -> None:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
     project.configure(trusted_proxies="[127.0.0.1]", subscribe_rate_per_minute=1)
     env = {**os.environ, "MAILER_SECRET_KEY": KEY}
     env.pop("MAILER_CONFIG", None)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "mailer", "--config", str(project.config_path), command,
-         "--port", str(port)], cwd=project.root, env=env, stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT, text=True)
-    url = f"http://127.0.0.1:{port}"
+    proc, url, health = start_mailer_http(project.root, project.config_path, command, env=env)
+    port = int(url.rpartition(":")[2])
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                health = httpx.get(f"{url}/healthz")
-                break
-            except httpx.TransportError:
-                assert proc.poll() is None and time.monotonic() < deadline, "did not start"
-                time.sleep(0.1)
         answers = [httpx.post(f"{url}/subscribe/ml-issues", data={"email": "a@example.com"},
                               headers={"x-forwarded-for": ip}).status_code
                    for ip in ("203.0.113.1", "203.0.113.2", "203.0.113.1")]

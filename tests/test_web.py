@@ -10,8 +10,6 @@ import os
 import re
 import signal
 import socket
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
@@ -40,7 +38,7 @@ from tests import storehelp
 from tests.conftest import Project
 from tests.smtpd import RecordingServer, ServerThread
 from tests.test_tokens import confirm_token_signed_at
-from tests.tools import Listening, serving
+from tests.tools import Listening, serving, start_mailer_http
 
 KEY = "test-key"  # what Project.configure puts in MAILER_SECRET_KEY
 NOW = datetime(2026, 12, 8, 9, 0, tzinfo=UTC)  # the sample issue is due
@@ -764,26 +762,12 @@ def test_random_bodies_to_the_post_routes_never_get_a_server_error(project: Proj
 
 
 def test_mailer_serve_answers_over_http_and_stops_cleanly_on_sigterm(project: Project) -> None:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
     project.configure()
     env = {**os.environ, "MAILER_SECRET_KEY": KEY}
     env.pop("MAILER_CONFIG", None)
-    server = subprocess.Popen(
-        [sys.executable, "-m", "mailer", "--config", str(project.config_path), "serve",
-         "--port", str(port)], cwd=project.root, env=env, stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT, text=True)
+    server, url, health = start_mailer_http(project.root, project.config_path, "serve", env=env)
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                health = httpx.get(f"http://127.0.0.1:{port}/healthz")
-                break
-            except httpx.TransportError:
-                assert server.poll() is None and time.monotonic() < deadline, "serve died"
-                time.sleep(0.1)
-        form = httpx.get(f"http://127.0.0.1:{port}/subscribe/ml-issues")
+        form = httpx.get(f"{url}/subscribe/ml-issues")
     finally:
         server.send_signal(signal.SIGTERM)
         output, _ = server.communicate(timeout=30)

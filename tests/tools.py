@@ -16,12 +16,15 @@ import shutil
 import socket
 import struct
 import subprocess
+import sys
+import time
 import zlib
 from collections.abc import AsyncIterator, Iterator, Mapping
 from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import httpx
 import pytest
 import uvicorn
 
@@ -223,3 +226,30 @@ async def serving(app: ASGIApp, listening: Listening, settings: Settings,
         server.stop()
         await task
         listening.socket.close()
+
+
+def start_mailer_http(project_root: Path, config_path: Path, command: str, *,
+                      env: dict[str, str]) -> tuple[subprocess.Popen[str], str, httpx.Response]:
+    """`mailer serve` (or `run`) as its own process on a free port, once its /healthz answers.
+
+    Returns the process (its stdout and stderr in one text pipe, read by
+    `proc.communicate()` after stopping it), its URL and that first /healthz answer.
+    """
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mailer", "--config", str(config_path), command,
+         "--port", str(port)], cwd=project_root, env=env, stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            return proc, url, httpx.get(f"{url}/healthz")
+        except httpx.TransportError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                output, _ = proc.communicate()
+                raise AssertionError(f"mailer {command} did not start: {output}") from None
+            time.sleep(0.1)
