@@ -260,14 +260,27 @@ def test_read_secret_file_refuses_a_missing_or_empty_file(tmp_path: Path) -> Non
         config.read_secret_file(empty)
 
 
-def test_dkim_needs_selector_domain_and_key_together(project: Path) -> None:
+def test_dkim_settings_load_without_the_key_which_is_checked_where_it_signs(
+    project: Path,
+) -> None:
+    # The key often lives in the daemon's environment only; the other commands load without it.
     path = write(project, "settings:\n  dkim_selector: mail\n  dkim_domain: example.com\n")
-    assert "DKIM" in load_error(path).message
+    settings = config.load(path, env={}).settings
+    assert settings.dkim_key is None and settings.dkim_key_file is None
+    assert settings.dkim_selector == "mail"
     key = project / "dkim.pem"
     key.write_text("-----BEGIN PRIVATE KEY-----\n")
     key.chmod(0o600)
     settings = config.load(path, env={"MAILER_DKIM_KEY_FILE": str(key)}).settings
-    assert settings.dkim_key is not None and settings.dkim_selector == "mail"
+    assert settings.dkim_key is not None and settings.dkim_key_file is None
+
+
+def test_dkim_key_file_is_relative_to_the_config_file_and_not_read_on_load(
+    project: Path,
+) -> None:
+    path = write(project, "settings:\n  dkim_key_file: keys/dkim.pem\n")
+    settings = config.load(path, env={}).settings  # no such file yet: only sending reads it
+    assert settings.dkim_key_file == project / "keys" / "dkim.pem"
 
 
 def test_unknown_newsletter_lists_the_known_ones(project: Path) -> None:

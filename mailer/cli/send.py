@@ -18,6 +18,7 @@ from mailer import logs
 from mailer.config import Config, Newsletter
 from mailer.content import render
 from mailer.delivery.message import letter_of
+from mailer.delivery.signing import DkimSigner, signer_from_settings
 from mailer.delivery.single import send_one
 from mailer.errors import InputError
 from mailer.rows import DeliveryCounts, Outcome, SendRow
@@ -54,14 +55,18 @@ async def send_now(cfg: Config, newsletter: Newsletter, *, issue_path: Path | No
     is finished whatever its size.
 
     Raises:
+        ConfigError: the DKIM setup is incomplete or its key unusable (nothing is sent).
         ContentError: an issue file is broken, or Gmail would clip the issue.
         InputError: the given issue was already sent, another send is unfinished, or there
             is no terminal to ask on without `yes`.
     """
+    # What sends needs its DKIM setup whole, refused before a send is even opened.
+    signer = signer_from_settings(cfg.settings, file=str(cfg.path)) if to or not dry_run else None
     async with Store.open(cfg.settings.database_url) as store:
         if dry_run or to:
             return await _dry_run_or_test_copy(cfg, newsletter, store, issue_path=issue_path,
-                                               to=to, now=now, console=console, force=force)
+                                               to=to, now=now, console=console, force=force,
+                                               signer=signer)
         chosen = await prepare.choose(cfg, newsletter, store, now=now, issue_path=issue_path,
                                       force=force, resume_only=resume)
         if isinstance(chosen, prepare.Prepared):
@@ -108,7 +113,8 @@ def _confirm(console: Console, question: str) -> bool:
 
 async def _dry_run_or_test_copy(cfg: Config, newsletter: Newsletter, store: Store, *,
                                 issue_path: Path | None, to: str | None, now: datetime,
-                                console: Console, force: bool) -> int:
+                                console: Console, force: bool, signer: DkimSigner | None,
+                                ) -> int:
     # A given issue is shown and test-copied even when it went out already.
     picked = await prepare.pick_issue(cfg, newsletter, store, now=now, issue_path=issue_path,
                                       sent=set() if issue_path else None)
@@ -126,6 +132,8 @@ async def _dry_run_or_test_copy(cfg: Config, newsletter: Newsletter, store: Stor
             raise error
         _warn_if_forced(picked, console)
         data = sample_message(cfg, letter, address, "")
+        if signer is not None:  # signed as the real send signs, so the copy shows DKIM too
+            data = signer.sign(data)
         code, reply = await send_one(cfg, letter.sender_address, address, data)
         console.print(f"test copy of {picked.issue.slug!r} sent to {address}: {code} {reply}")
         return 0

@@ -95,9 +95,12 @@ def _load_settings(raw: dict[Any, Any], *, env: Mapping[str, str], file: str, li
                           "and set MAILER_SMTP_PASSWORD", file=file,
                           line=lines.get(("settings", "smtp_url")), field="settings.smtp_url")
     data, from_env = dict(raw), {}
+    secret_files = {f"{var}_FILE" for var in SECRETS.values()}
     for name in Settings.model_fields.keys() - SECRETS.keys():
         var = f"MAILER_{name.upper()}"
-        if env.get(var):  # an empty variable means unset, as in most shells' `X= cmd`
+        # An empty variable means unset, as in most shells' `X= cmd`. MAILER_DKIM_KEY_FILE is
+        # the key's own variable (read below), not the dkim_key_file setting's.
+        if env.get(var) and var not in secret_files:
             data[name], from_env[name] = env[var], var
     for name, var in SECRETS.items():
         data[name] = secret_from_env(var, env)

@@ -1,10 +1,10 @@
-"""DKIM signatures (RFC 6376) for outgoing messages, made with dkimpy (pure: no I/O)."""
+"""DKIM signatures (RFC 6376) for outgoing messages, made with dkimpy (no I/O but the key file)."""
 
 from __future__ import annotations
 
 import re
 
-from mailer.config import Settings
+from mailer.config import Settings, read_secret_file
 from mailer.errors import ConfigError
 
 # What a reader relies on, and RFC 8058 §4: List-Unsubscribe and List-Unsubscribe-Post MUST
@@ -28,7 +28,8 @@ class DkimSigner:
     Made once per send: the key is read and checked here, not per message.
     """
 
-    def __init__(self, private_key: str | bytes, *, selector: str, domain: str) -> None:
+    def __init__(self, private_key: str | bytes, *, selector: str, domain: str,
+                 key_field: str = "MAILER_DKIM_KEY_FILE") -> None:
         """A signer for `<selector>._domainkey.<domain>`.
 
         Raises:
@@ -50,11 +51,10 @@ class DkimSigner:
             bits = int(parse_pem_private_key(pem)["modulus"]).bit_length()
         except (UnparsableKeyError, ValueError, IndexError, KeyError, TypeError):
             raise ConfigError("not an RSA private key in PEM form (openssl genrsa -out "
-                              "dkim.pem 2048 makes one)", field="MAILER_DKIM_KEY_FILE") from None
+                              "dkim.pem 2048 makes one)", field=key_field) from None
         if bits < MIN_KEY_BITS:
             raise ConfigError(f"the RSA key has {bits} bits; receivers ignore signatures made "
-                              f"with fewer than {MIN_KEY_BITS} (use 2048)",
-                              field="MAILER_DKIM_KEY_FILE")
+                              f"with fewer than {MIN_KEY_BITS} (use 2048)", field=key_field)
         self.selector = selector
         self.domain = domain.lower()
         self.key_bits = bits
@@ -75,13 +75,34 @@ class DkimSigner:
         return bytes(signature) + message
 
 
-def signer_from_settings(settings: Settings) -> DkimSigner | None:
-    """The signer the settings ask for; None when no DKIM key is configured.
+def signer_from_settings(settings: Settings, *, file: str | None = None) -> DkimSigner | None:
+    """The signer the settings ask for; None when they name no DKIM selector, domain or key.
+
+    Only what sends calls this: the other commands ignore an incomplete DKIM setup (the
+    key often lives in the daemon's environment alone). `file` is the config file, named
+    in the error.
 
     Raises:
-        ConfigError: see DkimSigner.
+        ConfigError: part of the DKIM setup is given and part missing (naming what is
+            missing), the key file is unsafe or unreadable, or see DkimSigner.
     """
-    if settings.dkim_key is None or not settings.dkim_selector or not settings.dkim_domain:
-        return None  # Settings refuses a key without selector and domain, and vice versa
-    return DkimSigner(settings.dkim_key.get_secret_value(), selector=settings.dkim_selector,
-                      domain=settings.dkim_domain)
+    key_given = settings.dkim_key is not None or settings.dkim_key_file is not None
+    parts = {"settings.dkim_selector": bool(settings.dkim_selector),
+             "settings.dkim_domain": bool(settings.dkim_domain),
+             "settings.dkim_key_file or MAILER_DKIM_KEY_FILE": key_given}
+    if not any(parts.values()):
+        return None
+    missing = [name for name, given in parts.items() if not given]
+    if missing:
+        raise ConfigError(f"DKIM signing needs dkim_selector, dkim_domain and the key file "
+                          f"(dkim_key_file or MAILER_DKIM_KEY_FILE) together; missing: "
+                          f"{' and '.join(missing)}", file=file)
+    assert settings.dkim_selector and settings.dkim_domain  # for mypy: checked just above
+    if settings.dkim_key is not None:  # MAILER_DKIM_KEY[_FILE]: the environment wins
+        key, key_field = settings.dkim_key.get_secret_value(), "MAILER_DKIM_KEY_FILE"
+    else:
+        assert settings.dkim_key_file is not None
+        key_field = "settings.dkim_key_file"
+        key = read_secret_file(settings.dkim_key_file, field=key_field)
+    return DkimSigner(key, selector=settings.dkim_selector, domain=settings.dkim_domain,
+                      key_field=key_field)

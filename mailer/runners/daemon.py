@@ -16,6 +16,7 @@ import uvicorn
 from mailer import config as config_mod
 from mailer import content, logs
 from mailer.config import Config
+from mailer.delivery.signing import signer_from_settings
 from mailer.errors import MailerError
 from mailer.runners.scheduler import Scheduler
 from mailer.runners.slots import LoadedFiles, SlotRunner
@@ -224,6 +225,9 @@ class Daemon:
             seen = await asyncio.to_thread(fingerprint, self.snapshot.config)
             try:
                 fresh = await asyncio.to_thread(load_snapshot, self.snapshot.config.path)
+                # The sender would refuse an incomplete DKIM setup at the next send.
+                await asyncio.to_thread(signer_from_settings, fresh.config.settings,
+                                        file=str(fresh.config.path))
             except MailerError as exc:
                 self._seen = seen  # said once; the next edit is looked at again
                 log.error("reload refused: the running configuration stays",

@@ -56,6 +56,9 @@ class Sender:
         self.store = store
         self.worker_id = new_worker_id()
         self.secret_key = token_key(config.settings)
+        # Refused here, before a capture server starts or a message goes: an incomplete DKIM
+        # setup or an unsafe key file (deliver() makes its own signer per send).
+        signer_from_settings(config.settings, file=str(config.path))
         self.target: SmtpTarget | None = None
         self._stack = contextlib.AsyncExitStack()
         self._heartbeat: asyncio.Task[None] | None = None
@@ -128,7 +131,8 @@ class Sender:
             secret_key=self.secret_key, base_url=self.config.settings.base_url,
             worker_id=self.worker_id, transport_factory=self.transport,
             settings=dispatch_settings(self.config), on_outcome=on_outcome,
-            signer=signer_from_settings(self.config.settings),  # the key is read once per send
+            # The key is read once per send, from the config of now (a reload may change it).
+            signer=signer_from_settings(self.config.settings, file=str(self.config.path)),
         )
         self._current = dispatcher
         if self._stopping:
