@@ -19,6 +19,7 @@ import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import BinaryIO
 from urllib.parse import urlsplit
@@ -26,10 +27,11 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 import uvicorn
+from sqlalchemy import event
 from starlette.applications import Starlette
 
 from mailer import config as config_mod
-from mailer import tokens
+from mailer import subscriptions, tokens
 from mailer.config import Config
 from mailer.errors import ConfigError
 from mailer.states import SubscriptionStatus
@@ -457,3 +459,36 @@ async def test_a_confirmation_link_from_before_unsubscribing_does_not_confirm_th
         assert await status() == SubscriptionStatus.CONFIRMED
         assert (await confirm(http, old)).status_code == 400
         assert (await confirm(http, new)).status_code == 200  # twice is fine
+
+
+async def test_a_sign_up_runs_the_same_statements_for_new_pending_confirmed_and_unsubscribed(
+    project: Project, store: Store,
+) -> None:
+    # What the timing depends on, counted exactly: the same SQL, in the same order, whatever
+    # the address's state (the wall times themselves: `MAILER_TEST_TIMING=1 scripts/test`).
+    config = project.configure()
+    newsletter = config.newsletter("ml-issues")
+    now = datetime(2026, 12, 1, 9, 0, tzinfo=UTC)
+    await store.add_subscriber("pending@example.com", newsletter="ml-issues")
+    await store.add_subscriber("confirmed@example.com", newsletter="ml-issues", confirmed=True)
+    left = await store.add_subscriber("left@example.com", newsletter="ml-issues", confirmed=True)
+    await store.unsubscribe_subscription(left.id, now=now)
+    seen: list[str] = []
+
+    def record(conn: object, cursor: object, statement: str, *args: object) -> None:
+        seen.append(" ".join(statement.split()))
+
+    event.listen(store.engine.sync_engine, "before_cursor_execute", record)
+    try:
+        statements = {}
+        for state, email in [("new", "new@example.com"), ("pending", "pending@example.com"),
+                             ("confirmed", "confirmed@example.com"),
+                             ("unsubscribed", "left@example.com")]:
+            seen.clear()
+            await subscriptions.subscribe(config, store, newsletter, email, now=now)
+            statements[state] = list(seen)
+    finally:
+        event.remove(store.engine.sync_engine, "before_cursor_execute", record)
+
+    assert statements["new"], "no statement was seen"
+    assert all(found == statements["new"] for found in statements.values()), statements
