@@ -15,6 +15,7 @@ import pytest
 
 from tests.conftest import Project
 from tests.smtpd import ServerThread
+from tests.test_cli import add_confirmed, error_lines
 from tests.test_signing import DOMAIN, SELECTOR, Key, dns_stub, make_key
 from tests.tools import run_cli
 
@@ -42,27 +43,15 @@ def mailer(project: Project, *args: str, cwd: Path | None = None,
                    env=ENV)
 
 
-def error_lines(result: subprocess.CompletedProcess[str]) -> list[str]:
-    return [line for line in result.stderr.splitlines() if line.strip()]
-
-
 def configure(project: Project, smtp_url: str, **settings: object) -> None:
     project.configure(smtp_url=smtp_url, dkim_selector=SELECTOR, dkim_domain=DOMAIN, **settings)
-
-
-def import_confirmed(project: Project) -> None:
-    csv = project.root / "subscribers.csv"
-    csv.write_text("email,name\n" + "".join(f"{e},\n" for e in SUBSCRIBERS), encoding="utf-8")
-    result = mailer(project, "subscribers", "import", str(csv), "--list", "ml-issues",
-                    "--confirmed")
-    assert result.returncode == 0, result.stderr
 
 
 def test_commands_that_send_nothing_work_with_selector_and_domain_but_no_key(
     project: Project,
 ) -> None:
     configure(project, "smtp://127.0.0.1:1")  # nothing may connect: these commands send nothing
-    import_confirmed(project)
+    add_confirmed(project, *SUBSCRIBERS)
     listed = mailer(project, "subscribers", "list", "--list", "ml-issues")
     assert listed.returncode == 0, listed.stderr
     assert all(email in listed.stdout for email in SUBSCRIBERS), listed.stdout
@@ -77,7 +66,7 @@ def test_send_now_without_a_key_exits_2_naming_the_missing_key_and_sends_nothing
 ) -> None:
     with ServerThread() as server:
         configure(project, f"smtp://127.0.0.1:{server.port}")
-        import_confirmed(project)
+        add_confirmed(project, *SUBSCRIBERS)
         for args in (("--yes",), ("--to", "editor@example.com")):
             result = mailer(project, "send-now", "ml-issues", *args)
             assert result.returncode == 2, (args, result.stdout, result.stderr)
@@ -108,7 +97,7 @@ def test_a_key_file_named_in_the_settings_signs_every_message_and_the_test_copy(
     elsewhere.mkdir()
     with ServerThread() as server:
         configure(project, f"smtp://127.0.0.1:{server.port}", dkim_key_file="keys/dkim.pem")
-        import_confirmed(project)
+        add_confirmed(project, *SUBSCRIBERS)
         copy = mailer(project, "send-now", "ml-issues", "--to", "editor@example.com",
                       cwd=elsewhere)
         assert copy.returncode == 0, copy.stderr
@@ -131,7 +120,7 @@ def test_a_key_file_others_may_read_is_refused_naming_the_file_and_nothing_is_se
     loose.chmod(0o644)
     with ServerThread() as server:
         configure(project, f"smtp://127.0.0.1:{server.port}", dkim_key_file="dkim.pem")
-        import_confirmed(project)  # never reads the key, so its mode does not matter here
+        add_confirmed(project, *SUBSCRIBERS)  # never reads the key: its mode does not matter
         result = mailer(project, "send-now", "ml-issues", "--yes")
         assert result.returncode == 2, (result.stdout, result.stderr)
         [line] = error_lines(result)
@@ -146,7 +135,7 @@ def test_the_worker_refuses_a_key_without_selector_and_domain_naming_both(
     with ServerThread() as server:
         project.configure(smtp_url=f"smtp://127.0.0.1:{server.port}",
                           dkim_key_file=str(key.path))
-        import_confirmed(project)
+        add_confirmed(project, *SUBSCRIBERS)
         result = mailer(project, "worker", "--once")
         assert result.returncode == 2, (result.stdout, result.stderr)
         [line] = error_lines(result)
