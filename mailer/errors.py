@@ -72,15 +72,39 @@ class TemporaryFailure(DeliveryError, ConnectionError):
     """4xx reply or a lost connection: worth retrying later (RFC 5321 §4.2.1)."""
 
 
+class RelayUnavailable(TemporaryFailure):
+    """The relay, not the recipient, failed: no connection, a 421 or other refusing greeting,
+    STARTTLS or the login failed, or the server closed the channel before the body. No
+    recipient is charged an attempt for it; the relay is tried again or another one takes
+    over (mailer.delivery.relays)."""
+
+    def __init__(self, relay: str, reason: str) -> None:
+        self.relay = relay
+        self.reason = reason
+        super().__init__(f"relay {relay}: {reason}")
+
+
 class PermanentFailure(DeliveryError):
     """5xx reply: the server will not take this message for this recipient."""
 
 
 class DeliveryInDoubt(DeliveryError):
     """The connection died after the message data was handed over, before the server's reply:
-    the message may have been delivered, so it is recorded as unknown and not resent blindly."""
+    the message may have been delivered. A cut on the server's side is resent once (RFC 5321
+    §6.1: the client keeps the message until the 250) and counted as a possible duplicate; a
+    cut of our own (`by_us`: a stop out of grace) is recorded as unknown."""
+
+    def __init__(self, message: str, *, recipient: str | None = None,
+                 by_us: bool = False) -> None:
+        self.by_us = by_us
+        super().__init__(message, recipient=recipient)
 
 
 class TransactionWithdrawn(MailerError):
     """The sender hung up before the message body left, on purpose: its row was no longer
     this worker's to send. Nothing was delivered and nothing is recorded."""
+
+
+class TryLater(MailerError):
+    """What came back cannot be taken now but can later (the database is away): the SMTP
+    receiver answers 451 and a webhook 503, so the sender keeps it and tries again."""

@@ -7,8 +7,8 @@ Logger names are the stable log taxonomy users filter on, not module paths: they
 of the service and stay put when code moves between modules. mailer.daemon (start, stop,
 reload), mailer.scheduler (the schedule and its slots: runners.scheduler and runners.slots),
 mailer.sends (preparing and recovering sends), mailer.sender and mailer.dispatch (sending),
-mailer.worker (`mailer worker`), mailer.render, mailer.subscriptions, mailer.confirmations and
-mailer.web (the HTTP side).
+mailer.relays (a relay going down and coming back), mailer.worker (`mailer worker`),
+mailer.render, mailer.subscriptions, mailer.confirmations and mailer.web (the HTTP side).
 """
 
 from __future__ import annotations
@@ -25,7 +25,9 @@ _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
 }
 # Libraries whose INFO lines are noise next to ours: APScheduler says "Running job …" for every
 # hand-over, aiosmtpd (the capture server) a line per SMTP command.
-QUIET = {"apscheduler": logging.WARNING, "mail.log": logging.WARNING, "alembic": logging.WARNING}
+# flufl.bounce logs every detector it runs on every returned message at INFO.
+QUIET = {"apscheduler": logging.WARNING, "mail.log": logging.WARNING, "alembic": logging.WARNING,
+         "flufl.bounce": logging.WARNING}
 
 
 def fields_of(record: logging.LogRecord) -> dict[str, Any]:

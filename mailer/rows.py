@@ -18,6 +18,9 @@ class Recipient:
     email: str
     name: str
     attempts: int
+    # The connection was cut after this delivery's whole message once already, and it was
+    # resent: a second cut makes it unknown, never a third copy.
+    possible_duplicate: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,6 +34,9 @@ class Outcome:
     message_id: str | None = None
     retry_at: datetime | None = None  # set with status PENDING: a temporary failure
     bounce: bool = False  # a permanent failure that counts towards the subscriber's bounces
+    relay: str | None = None  # the relay's name (host:port) that answered, if one did
+    # Cut after the final dot with no reply: the server may have it, and it is resent once.
+    possible_duplicate: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +108,15 @@ class SubscriptionRow:
 
 
 @dataclass(frozen=True, slots=True)
+class RelayHealth:
+    """How a sending process last found one relay (see mailer.delivery.relays)."""
+
+    relay: str  # host:port, never a password
+    up: bool | None  # None: not tried yet
+    reason: str = ""  # why it is down
+
+
+@dataclass(frozen=True, slots=True)
 class WorkerRow:
     """A registered sending process and when it last showed it was alive."""
 
@@ -131,11 +146,16 @@ class DeliveryCounts:
     failed: int = 0
     unknown: int = 0
     skipped: int = 0
+    # Of all of these: cut after the whole message with no reply and resent once, so the
+    # reader may have it twice (Store.possible_duplicates).
+    possible_duplicates: int = 0
 
     @classmethod
-    def of(cls, by_state: Mapping[DeliveryStatus, int]) -> DeliveryCounts:
+    def of(cls, by_state: Mapping[DeliveryStatus, int], *,
+           possible_duplicates: int = 0) -> DeliveryCounts:
         """The counts of Store.delivery_counts' mapping."""
-        return cls(**{state.value: by_state.get(state, 0) for state in DeliveryStatus})
+        return cls(**{state.value: by_state.get(state, 0) for state in DeliveryStatus},
+                   possible_duplicates=possible_duplicates)
 
     @property
     def open(self) -> int:
@@ -160,3 +180,65 @@ class DeliveryCounts:
         """The finished states by name, for a log line's fields."""
         return {"sent": self.sent, "failed": self.failed, "unknown": self.unknown,
                 "skipped": self.skipped}
+
+
+# -- the way back (mailer.bounces): kinds are mailer.returns.ReturnKind values, kept as str
+# here because rows and returns are independent layers ---------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ReturnTarget:
+    """The delivery a returned message is about, with what the bounce rules need of it."""
+
+    delivery_id: int
+    send_id: int
+    subscription_id: int | None
+    email: str  # the address we sent to (the delivery's snapshot)
+    newsletter: str
+    slug: str
+    sent_at: datetime | None  # None: never accepted by our relay (then no DSN should come)
+
+
+@dataclass(frozen=True, slots=True)
+class PastDelivery:
+    """One message that went to an address, and whether something came back for it."""
+
+    delivery_id: int
+    sent_at: datetime
+    bounced: bool  # a hard or soft bounce came back for it
+    soft_bounced_at: datetime | None  # when the last soft bounce for it arrived
+
+
+@dataclass(frozen=True, slots=True)
+class ReturnRecord:
+    """One returned message as applied: what `returned_messages` keeps of it."""
+
+    received_at: datetime
+    source: str
+    kind: str
+    fingerprint: str
+    delivery_id: int | None = None
+    send_id: int | None = None
+    subscription_id: int | None = None
+    address: str | None = None
+    status_code: str | None = None
+    smtp_code: int | None = None
+    diagnostic: str = ""
+    reason: str = ""
+    message_id: str | None = None
+    evidence: bytes = b""
+
+
+@dataclass(frozen=True, slots=True)
+class ReturnedRow:
+    """One returned message as `mailer bounces list` shows it."""
+
+    received_at: datetime
+    source: str
+    kind: str
+    address: str | None
+    status_code: str | None
+    diagnostic: str
+    reason: str
+    newsletter: str | None
+    slug: str | None

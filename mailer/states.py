@@ -12,6 +12,9 @@ class SubscriptionStatus(enum.StrEnum):
     CONFIRMED = "confirmed"
     UNSUBSCRIBED = "unsubscribed"
     BOUNCED = "bounced"
+    # Reported as spam by its reader (an ARF report, a provider's complaint): no further
+    # mail of this install, like BOUNCED; only their own double opt-in brings them back.
+    COMPLAINED = "complained"
 
 
 class SendStatus(enum.StrEnum):

@@ -12,7 +12,7 @@ from email.message import EmailMessage
 from types import TracebackType
 from typing import Any, AnyStr, NoReturn, cast
 
-from aiosmtpd.smtp import SMTP, Envelope, Session
+from aiosmtpd.smtp import SMTP, AuthResult, Envelope, Session
 
 # Which DATA transactions a fault applies to: True = all, False = none, or a collection of
 # recipient addresses (any envelope recipient matches, every time) and 1-based DATA ordinals
@@ -107,6 +107,7 @@ class RecordingServer:
       stall_seconds / stall_for: store the message, then sleep before replying.
       data_reply / data_reply_for: reply to the end of DATA with this instead of 250;
         the message is stored only if the reply is 2xx.
+      refuse_login: offer AUTH (without TLS) and refuse every login with 535.
     Recorded: messages (list of Received), rcpt_attempts ((address, reply) per RCPT),
     connections (count). Appends happen on the server's loop; reading them from another
     thread is safe (see wait_for_messages).
@@ -128,6 +129,7 @@ class RecordingServer:
         stall_for: Selector = True,
         data_reply: str | None = None,
         data_reply_for: Selector = True,
+        refuse_login: bool = False,
     ) -> None:
         self.host = host
         self.port = port
@@ -146,6 +148,8 @@ class RecordingServer:
         self.stall_for = stall_for
         self.data_reply = data_reply
         self.data_reply_for = data_reply_for
+        self.refuse_login = refuse_login
+        self.logins = 0
         self._data_count = 0
         self._changed = threading.Condition()
         self._server: asyncio.Server | None = None
@@ -199,8 +203,12 @@ class RecordingServer:
     async def __aenter__(self) -> RecordingServer:
         """Start listening in the running loop; port 0 becomes the bound port."""
         loop = asyncio.get_running_loop()
+        auth: dict[str, Any] = {}
+        if self.refuse_login:
+            auth = {"authenticator": self._refuse, "auth_require_tls": False}
         self._server = await loop.create_server(
-            lambda: _FaultySMTP(self, hostname="smtpd.test", loop=loop, enable_SMTPUTF8=True),
+            lambda: _FaultySMTP(self, hostname="smtpd.test", loop=loop, enable_SMTPUTF8=True,
+                                **auth),
             self.host,
             self.port,
         )
@@ -233,6 +241,10 @@ class RecordingServer:
             if not self._changed.wait_for(lambda: len(self.messages) >= count, timeout):
                 raise TimeoutError(f"{len(self.messages)} of {count} messages after {timeout}s")
             return list(self.messages)
+
+    def _refuse(self, *args: Any) -> AuthResult:
+        self.logins += 1
+        return AuthResult(success=False, handled=False)
 
     # -- internals used by _FaultySMTP -------------------------------------------------------
 

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from mailer.store import Store
-from mailer.store.models import Delivery, Subscriber, Subscription
+from mailer.store.models import Delivery, ReturnedMessage, Subscriber, Subscription
 
 
 async def deliveries(store: Store, send_id: int) -> Sequence[Delivery]:
@@ -28,3 +28,10 @@ async def subscription_of(store: Store, email: str, newsletter: str) -> Subscrip
         return (await s.execute(select(Subscription).join(Subscriber).where(
             Subscriber.email == email, Subscription.newsletter == newsletter
         ))).scalar_one_or_none()
+
+
+async def returned_count(store: Store, email: str) -> int:
+    """How many returned messages (bounces, complaints, …) name `email`."""
+    async with store.session() as s:
+        return int((await s.execute(select(func.count()).select_from(ReturnedMessage)
+                                    .where(ReturnedMessage.address == email))).scalar_one())

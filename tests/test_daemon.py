@@ -109,7 +109,7 @@ class Daemon:
 
 
 def write_config(project: Project, server: RecordingServer | None, **settings: object) -> Path:
-    url = f"smtp://127.0.0.1:{server.port}?timeout=30" if server else "capture"
+    url = f"smtp://127.0.0.1:{server.port}" if server else "capture"
     project.configure(smtp_url=url, **{"concurrency": 1, **settings})
     return project.config_path
 

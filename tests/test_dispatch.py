@@ -50,7 +50,10 @@ async def test_refused_connections_are_retried_and_everyone_gets_one_message(
     assert received(server) == collections.Counter(READERS)
     rows = await storehelp.deliveries(store, send_id)
     assert {r.status for r in rows} == {DeliveryStatus.SENT}
-    assert sum(r.attempts for r in rows) > len(READERS)  # the refusals were counted
+    # A refusing greeting is the relay's, not a reader's: one attempt each, the one that
+    # went through.
+    assert [r.attempts for r in rows] == [1] * len(READERS)
+    assert server.connections > 4
 
 
 async def test_a_recipient_refused_with_451_three_times_gets_it_on_the_fourth_attempt(
@@ -104,68 +107,48 @@ async def test_a_connection_dropped_before_the_end_of_data_is_retried_without_a_
     assert sorted(r.attempts for r in rows)[-2:] == [2, 2]
 
 
-async def test_a_connection_dropped_after_the_end_of_data_is_unknown_and_not_resent(
+async def test_a_cut_after_the_final_dot_is_resent_once_and_counted_as_a_possible_duplicate(
     project: Project, store: Store, smtp_url_of: SmtpUrl,
 ) -> None:
+    # The 3rd DATA is stored, then the connection closes with no reply: the message may or
+    # may not be delivered, and RFC 5321 leaves it with the client until the 250.
     async with RecordingServer(drop_after_data={3}) as server:
         config = project.configure(smtp_url=smtp_url_of(server), retry_base_seconds=0)
         await confirmed(store, READERS)
         send_id = await run_send(config, store)
-        # Nothing is left to send: the unknown one is not retried (the server may have it).
         assert await start_or_resume_send(config, config.newsletter("ml-issues"), store,
-                                          now=NOW) is None
+                                          now=NOW) is None  # nothing left
 
-    assert received(server) == collections.Counter(READERS)  # the server stored it once
-    rows = await storehelp.deliveries(store, send_id)
-    statuses = collections.Counter(r.status for r in rows)
-    assert statuses == {DeliveryStatus.SENT: 19, DeliveryStatus.UNKNOWN: 1}
+    [cut] = [m.rcpt_tos[0] for i, m in enumerate(server.messages) if i == 2]
+    assert received(server) == collections.Counter(READERS) + collections.Counter([cut])
+    rows = {r.email: r for r in await storehelp.deliveries(store, send_id)}
+    assert {r.status for r in rows.values()} == {DeliveryStatus.SENT}
+    assert [e for e, r in rows.items() if r.possible_duplicate] == [cut]
+    assert rows[cut].attempts == 2
+    assert await store.possible_duplicates(send_id) == 1
     assert (await store.get_send(send_id)).status == SendStatus.FINISHED
 
 
-async def test_a_stalled_transaction_does_not_hold_up_the_other_connections(
+async def test_a_stalled_transaction_does_not_hold_up_the_others_and_is_resent_only_once(
     project: Project, store: Store,
 ) -> None:
     stalled = READERS[0]
     async with RecordingServer(stall_seconds=30, stall_for={stalled}) as server:
-        url = f"smtp://{server.host}:{server.port}?timeout=4"
-        config = project.configure(smtp_url=url, retry_base_seconds=0, concurrency=3)
+        url = f"smtp://{server.host}:{server.port}"
+        # The reply to the final dot is awaited for 4 s (RFC 5321's 10 minutes, scaled).
+        config = project.configure(smtp_url=url, retry_base_seconds=0, concurrency=3,
+                                   smtp_timeout_scale=4 / 600)
         await confirmed(store, READERS)
         started = time.monotonic()
         send_id = await run_send(config, store)
         elapsed = time.monotonic() - started
 
-    # Everyone else was delivered over the other two connections meanwhile; the stalled
-    # message timed out after the server had it, so its outcome is unknown, not resent.
+    # Everyone else was delivered over the other two connections meanwhile. The stalled
+    # message timed out after the server had it: resent once, timed out again, and then
+    # left unknown (never a third copy).
     assert elapsed < 20
-    assert received(server) == collections.Counter(READERS)
-    rows = {r.email: r.status for r in await storehelp.deliveries(store, send_id)}
-    assert rows.pop(stalled) == DeliveryStatus.UNKNOWN
-    assert set(rows.values()) == {DeliveryStatus.SENT}
-
-
-async def test_a_dead_relay_pauses_the_send_and_a_resume_delivers_everyone_once(
-    project: Project, store: Store, smtp_url_of: SmtpUrl,
-) -> None:
-    readers = [f"reader{i:03}@example.com" for i in range(60)]
-    await confirmed(store, readers)
-    async with RecordingServer(reply_on_connect=["421 4.3.2 relay down"] * 10_000) as dead:
-        config = project.configure(smtp_url=smtp_url_of(dead), retry_base_seconds=0,
-                                   error_window=10, max_error_rate=0.8, max_attempts=50)
-        send_id = await run_send(config, store)
-        assert dead.messages == []
-
-    paused = await store.get_send(send_id)
-    assert paused.status == SendStatus.PAUSED
-    assert "of the last 10 attempts failed" in (paused.pause_reason or "")
-    rows = await storehelp.deliveries(store, send_id)
-    # Paused, not burnt: nobody was given up on, and few attempts were made.
-    assert {r.status for r in rows} == {DeliveryStatus.PENDING}
-    assert sum(r.attempts for r in rows) < 20
-
-    async with RecordingServer() as healthy:
-        config = project.configure(smtp_url=smtp_url_of(healthy), retry_base_seconds=0)
-        resumed_id = await run_send(config, store)
-
-    assert resumed_id == send_id
-    assert received(healthy) == collections.Counter(readers)
-    assert (await store.get_send(send_id)).status == SendStatus.FINISHED
+    assert received(server) == collections.Counter(READERS) + collections.Counter([stalled])
+    rows = {r.email: r for r in await storehelp.deliveries(store, send_id)}
+    assert (rows[stalled].status, rows[stalled].possible_duplicate) == (
+        DeliveryStatus.UNKNOWN, True)
+    assert {r.status for e, r in rows.items() if e != stalled} == {DeliveryStatus.SENT}

@@ -7,12 +7,13 @@ and counts as a bounce, and a connection lost after the body left is unknown.
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from mailer.delivery.outcomes import DispatchSettings, outcome_of, retry_delay
-from mailer.delivery.transport import classify
+from mailer.delivery.wire import classify
 from mailer.errors import DeliveryInDoubt, PermanentFailure, TemporaryFailure
 from mailer.states import DeliveryStatus
 from mailer.store import Outcome, Recipient
@@ -63,11 +64,25 @@ def test_each_reply_class_becomes_its_delivery_state(
     assert (got.retry_at is not None) == (status == DeliveryStatus.PENDING)
 
 
-def test_a_connection_lost_after_the_body_left_is_unknown_and_never_retried() -> None:
-    got = outcome(DeliveryInDoubt("connection lost after the data: the server may have it"))
-    assert (got.status, got.smtp_code, got.retry_at, got.bounce) == (
-        DeliveryStatus.UNKNOWN, None, None, False)
-    assert got.smtp_reply == "connection lost after the data: the server may have it"
+def test_a_cut_after_the_final_dot_is_resent_at_once_as_a_possible_duplicate() -> None:
+    got = outcome(DeliveryInDoubt("no reply to the final dot: connection lost"))
+    assert (got.status, got.smtp_code, got.retry_at, got.bounce, got.possible_duplicate) == (
+        DeliveryStatus.PENDING, None, NOW, False, True)
+    assert got.smtp_reply == "no reply to the final dot: connection lost; resent once"
+
+
+def test_a_second_cut_of_a_resent_message_is_unknown_never_a_third_copy() -> None:
+    resent = dataclasses.replace(recipient(1), possible_duplicate=True)
+    got = outcome_of(resent, DeliveryInDoubt("no reply to the final dot"), None,
+                     msg_id="<m1@example.com>", settings=SETTINGS, now=NOW)
+    assert (got.status, got.retry_at, got.possible_duplicate) == (
+        DeliveryStatus.UNKNOWN, None, True)
+
+
+def test_a_cut_of_our_own_making_is_unknown_and_not_resent() -> None:
+    got = outcome(DeliveryInDoubt("cut by this process", by_us=True))
+    assert (got.status, got.retry_at, got.possible_duplicate) == (
+        DeliveryStatus.UNKNOWN, None, False)
 
 
 def test_a_connection_lost_before_the_body_left_is_retried_without_a_code() -> None:

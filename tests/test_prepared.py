@@ -19,7 +19,8 @@ from mailer.config import Newsletter, Settings
 from mailer.content import load_issue
 from mailer.content.render import render_issue
 from mailer.delivery.message import Letter, build_message, list_id, prepare_message
-from mailer.delivery.transport import SmtpTransport, parse_smtp_url
+from mailer.delivery.targets import parse_smtp_url
+from mailer.delivery.transport import SmtpTransport
 from tests.smtpd import RecordingServer
 
 REPO = Path(__file__).resolve().parents[1]

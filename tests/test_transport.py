@@ -13,8 +13,10 @@ from typing import Any
 import pytest
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
-from mailer.delivery.transport import SmtpTransport, classify, parse_smtp_url, wire_form
-from mailer.errors import PermanentFailure, TemporaryFailure
+from mailer.delivery.targets import parse_smtp_url
+from mailer.delivery.transport import SmtpTransport
+from mailer.delivery.wire import classify, wire_form
+from mailer.errors import PermanentFailure, RelayUnavailable, TemporaryFailure
 from tests.smtpd import RecordingServer
 
 MESSAGE = b"From: a@example.com\r\nTo: b@example.com\r\nSubject: hi\r\n\r\nHello\r\n"
@@ -84,16 +86,19 @@ async def test_the_transport_logs_in_over_tls_and_delivers(
     assert len(inbox.messages) == 2 and inbox.messages[0].endswith(b"Hello\r\n")
 
 
-async def test_a_wrong_password_is_a_permanent_failure_and_nothing_is_sent(
+async def test_a_wrong_password_is_the_relays_failure_and_nothing_is_sent(
     certificate: tuple[Path, Path],
 ) -> None:
     async with smtp_server(certificate, implicit_tls=False) as (port, inbox):
         url = f"smtp://author@127.0.0.1:{port}?starttls=true&verify=false"
         transport = SmtpTransport(parse_smtp_url(url, password="wrong"))
-        with pytest.raises(PermanentFailure) as failure:
+        with pytest.raises(RelayUnavailable) as failure:
             await transport.send("a@example.com", "b@example.com", MESSAGE)
         await transport.aclose()
-    assert failure.value.code == 535
+    # Named by host and port, with the server's words; never the password.
+    assert failure.value.relay == f"127.0.0.1:{port}"
+    assert failure.value.reason.startswith("login refused: 535")
+    assert "wrong" not in str(failure.value)
     assert inbox.messages == []
 
 
@@ -103,14 +108,14 @@ async def test_an_untrusted_certificate_is_refused_unless_verification_is_turned
     async with smtp_server(certificate, implicit_tls=True) as (port, inbox):
         transport = SmtpTransport(parse_smtp_url(f"smtps://author@127.0.0.1:{port}",
                                                  password="s3cret"))
-        with pytest.raises(TemporaryFailure, match="cannot connect"):
+        with pytest.raises(RelayUnavailable, match="TLS failed: CERTIFICATE_VERIFY_FAILED"):
             await transport.send("a@example.com", "b@example.com", MESSAGE)
         await transport.aclose()
     assert inbox.messages == []
 
 
 @pytest.mark.parametrize(("code", "kind"), [
-    (421, TemporaryFailure), (450, TemporaryFailure), (451, TemporaryFailure),
+    (450, TemporaryFailure), (451, TemporaryFailure),
     (452, TemporaryFailure), (552, TemporaryFailure),  # RFC 5321 §4.5.3.1.10
     (550, PermanentFailure), (551, PermanentFailure), (553, PermanentFailure),
     (554, PermanentFailure),

@@ -140,7 +140,7 @@ def _cli_app() -> typer.Typer:
     return app
 
 
-SUMMARY_COLUMNS = ["sent", "failed", "retrying", "unknown", "skipped"]
+SUMMARY_COLUMNS = ["sent", "failed", "retrying", "unknown", "skipped", "possible duplicates"]
 
 
 def summary_of(stdout: str) -> dict[str, int]:

@@ -3,31 +3,27 @@
 from __future__ import annotations
 
 import sys
-from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich import box
-from rich.table import Column, Table
 
+from mailer.cli import bounces as cli_bounces
 from mailer.cli import subscribers as cli_subscribers
 from mailer.cli.common import (
     err,
     fails_cleanly,
     now,
-    open_store,
     out,
     run_async,
     state,
 )
-from mailer.cli.ports import StatusStore
 from mailer.errors import InputError
-from mailer.states import SendStatus, utcnow
 
 app = typer.Typer(no_args_is_help=True, add_completion=False,
                   help="Markdown newsletters delivered on schedule, exactly once.")
 app.add_typer(cli_subscribers.app, name="subscribers")
+app.add_typer(cli_bounces.app, name="bounces")
 
 
 @app.callback()
@@ -162,70 +158,11 @@ def preview(
 @app.command()
 @fails_cleanly
 def status(newsletter: Annotated[str | None, typer.Argument()] = None) -> None:
-    """Show each newsletter's next run and last send, then every send: sent, failed, open."""
-    from mailer.rows import DeliveryCounts
-    from mailer.schedule import describe, next_fire_time
+    """Show each newsletter's next run and last send, then every send: sent, failed, open,
+    and its bounce and complaint rates."""
+    from mailer.cli import status as cli_status
 
-    cfg = state.config()
-    if newsletter:
-        cfg.newsletter(newsletter)
-    shown = [cfg.newsletter(newsletter)] if newsletter else list(cfg.newsletters.values())
-
-    async def schedules(store: StatusStore) -> Table:
-        table = Table(Column("newsletter", no_wrap=True), "schedule",
-                      Column("next run", no_wrap=True), Column("last send", no_wrap=True),
-                      "state", "sent", "failed", "open", box=box.SIMPLE_HEAD, pad_edge=False,
-                      collapse_padding=True)
-        for n in shown:
-            spec = n.schedule
-            upcoming = next_fire_time(spec, after=now(cfg)) if spec else None
-            row = [n.id, describe(spec) if spec else "none (send-now only)",
-                   f"{upcoming:%Y-%m-%d %H:%M %Z}" if upcoming else "-"]
-            last = await store.latest_send(n.id)
-            if last is None:
-                table.add_row(*row, "never", "", "", "", "")
-                continue
-            c = DeliveryCounts.of(await store.delivery_counts(last.id))
-            table.add_row(*row, f"{last.slug} ({last.created_at:%Y-%m-%d %H:%M} UTC)",
-                          last.status.value, str(c.sent), str(c.failed), str(c.open))
-        return table
-
-    async def go() -> tuple[Table, Table, list[str]]:
-        async with open_store(cfg) as store:
-            return await schedules(store), await sends(store), await problems(store)
-
-    async def problems(store: StatusStore) -> list[str]:
-        """Why unfinished sends wait, their current rate, and the failures with replies."""
-        lines = []
-        for send in await store.sends(newsletter):
-            name = f"{send.newsletter}/{send.slug}"
-            if send.status == SendStatus.PAUSED:
-                lines.append(f"{name} is paused: {send.pause_reason}; "
-                             f"`mailer send-now {send.newsletter}` goes on with it")
-            elif send.status == SendStatus.SENDING:
-                minute = await store.sent_since(send.id, utcnow() - timedelta(minutes=1))
-                lines.append(f"{name} is sending: {minute / 60:.1f} messages/s "
-                             "over the last minute")
-            for email, _, reply in await store.failures(send.id, limit=10):
-                lines.append(f"  failed {email}: {reply}")  # the reply starts with its code
-        return lines
-
-    async def sends(store: StatusStore) -> Table:
-        table = Table(Column("issue", no_wrap=True), "state", "sent", "failed", "open",
-                      "unknown", "skipped", Column("started (UTC)", no_wrap=True),
-                      box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
-        for send in await store.sends(newsletter):
-            c = DeliveryCounts.of(await store.delivery_counts(send.id))
-            table.add_row(f"{send.newsletter}/{send.slug}", send.status.value, str(c.sent),
-                          str(c.failed), str(c.open), str(c.unknown), str(c.skipped),
-                          f"{send.created_at:%Y-%m-%d %H:%M}")
-        return table
-
-    schedule_table, sends_table, notes = run_async(go())
-    out.print(schedule_table)
-    out.print(sends_table)
-    for line in notes:
-        out.print(line, highlight=False, markup=False, soft_wrap=True)
+    cli_status.show(state.config(), newsletter)
 
 
 @app.command()

@@ -3,8 +3,10 @@ exit code. What to send is decided by mailer.sending.prepare; this only presents
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
+import signal
 import sys
 from collections.abc import Iterator
 from datetime import datetime
@@ -150,18 +152,48 @@ async def _dry_run_or_test_copy(cfg: Config, newsletter: Newsletter, store: Stor
 
 
 class _ProgressBar:
-    """The delivery report as a rich progress bar (a DeliveryObserver)."""
+    """The delivery report as a rich progress bar (a DeliveryObserver).
+
+    Temporary refusals (greylisting: 451 on RCPT) are retried after everyone else: while
+    only they are left, a line says how many wait and when the next retry is due, so a
+    send that seems to stand still says why.
+    """
 
     def __init__(self, progress: Progress, label: str) -> None:
         self.progress = progress
-        self.task = progress.add_task(label, total=None, rate="")
+        self.task = progress.add_task(label, total=None, rate="", waiting="")
+        self.total = 0
+        self.done = 0
+        self.retries: dict[int, datetime] = {}  # delivery id -> when it is tried again
+        self._said: tuple[int, datetime] | None = None
 
     def started(self, send: SendRow, counts: DeliveryCounts) -> None:
+        self.total = counts.open
         self.progress.update(self.task, total=counts.open)
 
     def delivered(self, outcome: Outcome) -> None:
-        if outcome.status != DeliveryStatus.PENDING:  # PENDING: a retry comes later
+        if outcome.status == DeliveryStatus.PENDING:  # a retry comes later
+            if outcome.retry_at is not None:
+                self.retries[outcome.delivery_id] = outcome.retry_at
+        else:
+            self.retries.pop(outcome.delivery_id, None)
+            self.done += 1
             self.progress.advance(self.task)
+        self._show_retries()
+
+    def _show_retries(self) -> None:
+        if not self.retries:
+            self.progress.update(self.task, waiting="")
+            return
+        due = min(self.retries.values())
+        words = (f"{len(self.retries)} waiting for a retry (temporary refusal), next at "
+                 f"{due:%H:%M:%S} UTC")
+        self.progress.update(self.task, waiting=words)
+        if self.done + len(self.retries) >= self.total and self._said != (len(self.retries),
+                                                                          due):
+            # Everyone else is done: say once per change what the send is waiting for.
+            self._said = (len(self.retries), due)
+            self.progress.console.print(words, highlight=False)
 
     def finished(self, report: Report) -> None:
         pass  # the summary follows the bar
@@ -170,28 +202,65 @@ class _ProgressBar:
 async def _deliver_with_progress(cfg: Config, newsletter: Newsletter, store: Store,
                                  send: SendRow, console: Console) -> int:
     columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-               TextColumn("{task.fields[rate]}"), TimeRemainingColumn())
-    async with Sender(cfg, store) as sender:
+               TextColumn("{task.fields[rate]}"), TimeRemainingColumn(),
+               TextColumn("{task.fields[waiting]}"))
+    async with Sender(cfg, store, give_up_on_relays=True) as sender:
         if sender.unknown_released:
             console.print(f"[yellow]{sender.unknown_released} delivery(ies) were in flight "
                           "when a sender died: recorded as unknown[/yellow]")
-        with Progress(*columns, console=console, transient=False) as progress:
+        with Progress(*columns, console=console, transient=False) as progress, \
+                _stop_on_interrupt(sender):
             bar = _ProgressBar(progress, f"{newsletter.id}/{send.slug}")
             report = await deliver_with_report(sender, send, newsletter, bar)
     console.print(_summary(report.counts))
     for email, _, reply in await store.failures(send.id):
         console.print(f"  failed {email}: {reply}", highlight=False)  # reply has the code
-    if report.send.status == SendStatus.PAUSED:
+    again = f"`mailer send-now {newsletter.id}`"
+    if report.relay_failure is not None:
+        # One line, on stderr like every error: which relay, and why (never a password).
+        Console(stderr=True, soft_wrap=True).print(
+            f"error: no relay answered ({report.relay_failure}); nothing more was sent and "
+            f"the send is kept: run {again} again once the relay is back", highlight=False,
+            markup=False)
+    elif report.send.status == SendStatus.PAUSED:
         console.print(f"[yellow]paused: {report.send.pause_reason}. Fix the relay, then run "
-                      f"`mailer send-now {newsletter.id}` to go on.[/yellow]", soft_wrap=True)
+                      f"{again} to go on.[/yellow]", soft_wrap=True)
+    elif report.counts.open:
+        console.print(f"[yellow]{report.counts.open} message(s) left to send (waiting for a "
+                      f"retry or interrupted): `mailer run` or the next {again} sends them"
+                      "[/yellow]", soft_wrap=True)
     if cfg.settings.smtp_url == "capture":
         console.print(f"captured messages are in {cfg.settings.var_dir / 'outbox'} (a Maildir; "
                       "open the files in new/ with any mail program)", soft_wrap=True)
     return 0 if report.counts.undelivered == 0 else 1
 
 
+@contextlib.contextmanager
+def _stop_on_interrupt(sender: Sender) -> Iterator[None]:
+    """Ctrl-C stops taking new messages and lets those in flight finish and be recorded, so
+    the summary says what is left; a second Ctrl-C interrupts at once."""
+    loop = asyncio.get_running_loop()
+    try:
+        loop.add_signal_handler(signal.SIGINT, _on_interrupt, loop, sender)
+    except (ValueError, RuntimeError, NotImplementedError):  # not the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        loop.remove_signal_handler(signal.SIGINT)
+
+
+def _on_interrupt(loop: asyncio.AbstractEventLoop, sender: Sender) -> None:
+    sender.stop()
+    loop.remove_signal_handler(signal.SIGINT)  # the next one is Python's KeyboardInterrupt
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 def _summary(counts: DeliveryCounts) -> Table:
-    table = Table("sent", "failed", "retrying", "unknown", "skipped", title="summary")
+    # "possible duplicates": resent once after a cut with no reply; the reader may have two.
+    table = Table("sent", "failed", "retrying", "unknown", "skipped", "possible duplicates",
+                  title="summary")
     table.add_row(str(counts.sent), str(counts.failed), str(counts.open), str(counts.unknown),
-                  str(counts.skipped))
+                  str(counts.skipped), str(counts.possible_duplicates))
     return table

@@ -90,7 +90,8 @@ def _load_settings(raw: dict[Any, Any], *, env: Mapping[str, str], file: str, li
             raise ConfigError(f"secrets only from the environment: set {var} or {var}_FILE",
                               file=file, line=lines.get(("settings", key)),
                               field=f"settings.{key}")
-    if urlsplit(str(raw.get("smtp_url", ""))).password:
+    urls = raw.get("smtp_url", "")
+    if any(urlsplit(str(url)).password for url in (urls if isinstance(urls, list) else [urls])):
         raise ConfigError("secrets only from the environment: drop the password from smtp_url "
                           "and set MAILER_SMTP_PASSWORD", file=file,
                           line=lines.get(("settings", "smtp_url")), field="settings.smtp_url")

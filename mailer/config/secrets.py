@@ -13,7 +13,10 @@ from mailer.errors import ConfigError
 
 # Settings field → environment variable; these never come from YAML (files end up in git).
 SECRETS = {"secret_key": "MAILER_SECRET_KEY", "smtp_password": "MAILER_SMTP_PASSWORD",
-           "dkim_key": "MAILER_DKIM_KEY", "metrics_token": "MAILER_METRICS_TOKEN"}
+           "dkim_key": "MAILER_DKIM_KEY", "metrics_token": "MAILER_METRICS_TOKEN",
+           "bounce_password": "MAILER_BOUNCE_PASSWORD",
+           "mailgun_signing_key": "MAILER_MAILGUN_SIGNING_KEY",
+           "webhook_user": "MAILER_WEBHOOK_USER", "webhook_password": "MAILER_WEBHOOK_PASSWORD"}
 
 
 def read_secret_file(path: str | os.PathLike[str], *, field: str | None = None) -> str:

@@ -20,6 +20,7 @@ from pydantic import (
 )
 
 from mailer.config.paths import absolute, root_of
+from mailer.errors import MailerError
 
 
 class Settings(BaseModel):
@@ -29,7 +30,11 @@ class Settings(BaseModel):
 
     base_url: str = "http://127.0.0.1:8025"
     database_url: str = "sqlite:///var/mailer.db"
-    smtp_url: str = "capture"
+    # One relay, or a list in order of preference (failover; MAILER_SMTP_URL: comma-separated).
+    smtp_url: str | tuple[str, ...] = "capture"
+    # Multiplies every SMTP wait (RFC 5321's per-stage timeouts, the relay's retry backoff
+    # and send-now's 30 s give-up): 1 in use, small in tests.
+    smtp_timeout_scale: float = Field(1.0, gt=0)
     concurrency: int = Field(10, ge=1)
     rate_per_second: float = Field(0, ge=0)
     max_per_hour: int = Field(0, ge=0)
@@ -47,6 +52,25 @@ class Settings(BaseModel):
     # The DKIM key's file (mode 0600), read only by commands that sign; MAILER_DKIM_KEY_FILE
     # gives it instead, for a key that lives in the daemon's environment only.
     dkim_key_file: Path | None = None
+    # The way back (VERP): each message's envelope sender is bounce_address with a signed
+    # per-delivery token; bounces come in by SMTP on bounce_listen (host:port, `mailer run`)
+    # or from the IMAP(S) mailbox bounce_mailbox (password: MAILER_BOUNCE_PASSWORD).
+    bounce_address: str | None = None
+    bounce_listen: str | None = None
+    bounce_mailbox: str | None = None
+    bounce_password: SecretStr | None = None
+    bounce_poll_seconds: float = Field(60, gt=0)  # how often bounce_mailbox is looked at
+    # This many soft bounces within this many days make an address bounced (a delivery
+    # that gets through in between starts the count again).
+    # Provider webhooks: Mailgun's HMAC key; Postmark's basic-auth user and password; the
+    # SNS topics whose SES notifications are believed (any AWS account can sign its own
+    # topic's messages, so the signature alone proves nothing about the sender).
+    mailgun_signing_key: SecretStr | None = None
+    webhook_user: SecretStr | None = None
+    webhook_password: SecretStr | None = None
+    ses_topic_arns: tuple[str, ...] = ()
+    soft_bounce_limit: int = Field(3, ge=1)
+    soft_bounce_days: float = Field(30, gt=0)
     confirm_token_days: int = Field(7, ge=1)
     max_attempts: int = Field(5, ge=1)
     retry_base_seconds: float = Field(30.0, ge=0)
@@ -106,14 +130,57 @@ class Settings(BaseModel):
             value = f"{match[1]}:///{absolute(Path(path), root_of(info))}{sep}{query}"
         return value
 
+    @field_validator("smtp_url", mode="before")
+    @classmethod
+    def _relay_list(cls, value: Any) -> Any:
+        # The environment gives one string: "smtp://a:25, smtp://b:25" is a list of two.
+        if isinstance(value, str) and "," in value:
+            return tuple(u for u in re.split(r"[\s,]+", value) if u)
+        if isinstance(value, list):
+            return value[0] if len(value) == 1 else tuple(value)
+        return value
+
     @field_validator("smtp_url")
     @classmethod
-    def _valid_smtp_url(cls, value: str) -> str:
-        parts = urlsplit(value)
-        if value != "capture" and (parts.scheme not in ("smtp", "smtps") or not parts.hostname):
-            raise ValueError("expected capture, smtp://user@host:587?starttls=true "
-                             f"or smtps://host:465, got {value!r}")
+    def _valid_smtp_url(cls, value: str | tuple[str, ...]) -> str | tuple[str, ...]:
+        urls = (value,) if isinstance(value, str) else value
+        if not urls:
+            raise ValueError("expected capture, one relay URL or a list of them")
+        if "capture" in urls and len(urls) > 1:
+            raise ValueError("capture is the only relay or none: it cannot be in a list")
+        for url in urls:
+            parts = urlsplit(url)
+            if url != "capture" and (parts.scheme not in ("smtp", "smtps")
+                                     or not parts.hostname):
+                raise ValueError("expected capture, smtp://user@host:587?starttls=true "
+                                 f"or smtps://host:465, got {url!r}")
         return value
+
+    @field_validator("bounce_address")
+    @classmethod
+    def _valid_bounce_address(cls, value: str | None) -> str | None:
+        if value is not None:
+            from mailer.returns.verp import verp_sender  # pure; checks the address's shape
+
+            try:
+                verp_sender(value, "check", 0)
+            except MailerError as exc:
+                raise ValueError(exc.message) from None
+        return value
+
+    @field_validator("bounce_listen")
+    @classmethod
+    def _valid_listen(cls, value: str | None) -> str | None:
+        if value is not None:
+            host, _, port = value.rpartition(":")
+            if not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+                raise ValueError(f"expected host:port like 127.0.0.1:2526, got {value!r}")
+        return value
+
+    @property
+    def smtp_urls(self) -> tuple[str, ...]:
+        """The relays of smtp_url in order of preference (one for a single URL)."""
+        return (self.smtp_url,) if isinstance(self.smtp_url, str) else self.smtp_url
 
     @field_validator("var_dir", "dkim_key_file")
     @classmethod
@@ -125,7 +192,7 @@ class Settings(BaseModel):
     def _aware_test_now(cls, value: datetime | None) -> datetime | None:
         return value.replace(tzinfo=UTC) if value and value.tzinfo is None else value
 
-    @field_validator("trusted_proxies", mode="before")
+    @field_validator("trusted_proxies", "ses_topic_arns", mode="before")
     @classmethod
     def _proxy_list(cls, value: Any) -> Any:
         # MAILER_TRUSTED_PROXIES="10.0.0.1, 10.1.0.0/16": the environment gives one string.

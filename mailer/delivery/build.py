@@ -7,6 +7,7 @@ from datetime import datetime
 from mailer import tokens
 from mailer.delivery.message import Letter, prepare_message
 from mailer.delivery.signing import DkimSigner
+from mailer.returns.verp import verp_sender
 from mailer.rows import Recipient
 
 
@@ -18,7 +19,7 @@ class MessageBuilder:
     """
 
     def __init__(self, letter: Letter, *, secret_key: str, base_url: str,
-                 signer: DkimSigner | None = None) -> None:
+                 signer: DkimSigner | None = None, bounce_address: str | None = None) -> None:
         self._prepared = prepare_message(letter)
         # Parsed once: the sender's address and domain are the same for every message.
         self.sender_address, self.sender_domain = letter.sender_address, letter.sender_domain
@@ -28,6 +29,15 @@ class MessageBuilder:
         # A signature covers the plain bytes, so signed messages leave the dot-stuffing to
         # the transport; unsigned ones are built already stuffed and skip that pass.
         self.wire_ready = signer is None
+        self._bounce_address = bounce_address
+
+    def envelope_sender(self, recipient: Recipient) -> str:
+        """MAIL FROM for `recipient`: with a bounce address, its VERP form naming this one
+        delivery (what comes back maps to it, and a forged token maps to nothing); else the
+        From address."""
+        if self._bounce_address is None:
+            return self.sender_address
+        return verp_sender(self._bounce_address, self._secret_key, recipient.delivery_id)
 
     def build(self, recipient: Recipient, *, msg_id: str, date: datetime) -> bytes:
         """The complete message for `recipient`, ready for SmtpTransport.send.

@@ -13,6 +13,7 @@ from typing import Any
 
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
+from mailer.delivery.smtp_server import TrackedConnection
 from mailer.keys import make_private_dir
 
 # Generous on purpose: above what common relays take (Gmail: 25 MB), so capture never rejects
@@ -26,25 +27,6 @@ _SMTP_OPTIONS: dict[str, Any] = {
 }
 
 _aiosmtpd_log = logging.getLogger("mail.log")
-
-
-class _Connection(SMTP):
-    """aiosmtpd's SMTP protocol, tracked so that closing the server can end live connections."""
-
-    def __init__(self, handler: Any, live: set[_Connection], **options: Any) -> None:
-        super().__init__(handler, **options)
-        self._live = live
-        self.lost: asyncio.Future[None] = self.loop.create_future()
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        super().connection_made(transport)
-        self._live.add(self)
-
-    def connection_lost(self, error: Exception | None) -> None:
-        self._live.discard(self)
-        super().connection_lost(error)
-        if not self.lost.done():
-            self.lost.set_result(None)
 
 
 def _envelope_headers(envelope: Envelope) -> bytes:
@@ -122,7 +104,7 @@ class CaptureServer:
         self.port = port  # replaced by the bound port once started (port 0 = ephemeral)
         self._handler: _MaildirHandler | None = None
         self._server: asyncio.Server | None = None
-        self._live: set[_Connection] = set()
+        self._live: set[TrackedConnection] = set()
 
     @property
     def count(self) -> int:
@@ -137,7 +119,7 @@ class CaptureServer:
         loop = asyncio.get_running_loop()
         handler = self._handler = _MaildirHandler(_Maildir(self.outbox_dir))
         self._server = await loop.create_server(
-            lambda: _Connection(handler, self._live, loop=loop, **_SMTP_OPTIONS),
+            lambda: TrackedConnection(handler, self._live, loop=loop, **_SMTP_OPTIONS),
             self.host,
             self.port,
         )

@@ -20,7 +20,9 @@ from mailer.delivery.journal import Journal
 from mailer.delivery.message import Letter
 from mailer.delivery.outcomes import DispatchSettings, Tally
 from mailer.delivery.pause import PauseRule
+from mailer.delivery.relays import RelayPool
 from mailer.delivery.signing import DkimSigner
+from mailer.delivery.targets import SmtpTarget
 from mailer.delivery.throttle import SlidingWindow, TokenBucket
 from mailer.delivery.transport import SmtpTransport
 from mailer.rows import Outcome, Recipient
@@ -41,20 +43,23 @@ class Dispatcher:
         secret_key: str,
         base_url: str,
         worker_id: str,
-        transport_factory: Callable[[], SmtpTransport],
+        transport_factory: Callable[[SmtpTarget], SmtpTransport],
+        relays: RelayPool,
         settings: DispatchSettings,
         on_outcome: Callable[[Outcome], None] | None = None,
         signer: DkimSigner | None = None,
+        bounce_address: str | None = None,
     ) -> None:
         self.store = store
         self.send_id = send_id
         self.worker_id = worker_id
         self.transport_factory = transport_factory
+        self.relays = relays
         self.settings = settings
         self.on_outcome = on_outcome
         self.tally = Tally()
         self.builder = MessageBuilder(letter, secret_key=secret_key, base_url=base_url,
-                                      signer=signer)
+                                      signer=signer, bounce_address=bounce_address)
         self._pause_rule = PauseRule(window=settings.error_window,
                                      max_error_rate=settings.max_error_rate)
         self._stopping = asyncio.Event()
@@ -68,6 +73,12 @@ class Dispatcher:
     def pause_reason(self) -> str | None:
         """Why the send paused itself (the PauseRule's words), or None."""
         return self._pause_rule.reason
+
+    @property
+    def relay_failure(self) -> str | None:
+        """Why no relay could be had (each relay's name and reason), when that stopped the
+        send (only with RelayPool.give_up_after); None otherwise."""
+        return self.relays.gave_up
 
     @property
     def stopping(self) -> bool:
@@ -97,13 +108,15 @@ class Dispatcher:
                          stop=self.stop, bucket=self._bucket, hour=self._hour)
 
     def _connection(self, journal: Journal) -> Connection:
-        return Connection(transport_factory=self.transport_factory, builder=self.builder,
+        return Connection(transport_factory=self.transport_factory, relays=self.relays,
+                          builder=self.builder,
                           queue=self._queue, journal=journal, bucket=self._bucket,
                           stopping=self._stopping, settings=self.settings,
                           observe=self._observe)
 
     async def run(self) -> Tally:
         """Run until every delivery of the send is finished here or elsewhere, or stop()."""
+        self.relays.restart()
         async with Journal(self.store, worker_id=self.worker_id,
                            bounce_limit=self.settings.hard_bounce_limit) as journal:
             workers = [asyncio.create_task(self._connection(journal).run(),

@@ -37,8 +37,11 @@ class Tally:
     failed: int = 0
     retried: int = 0
     unknown: int = 0
+    resent_after_cut: int = 0  # cut after the final dot with no reply, so resent once
 
     def count(self, outcome: Outcome) -> None:
+        if outcome.status == DeliveryStatus.PENDING and outcome.possible_duplicate:
+            self.resent_after_cut += 1
         if outcome.status == DeliveryStatus.SENT:
             self.sent += 1
         elif outcome.status == DeliveryStatus.FAILED:
@@ -60,20 +63,35 @@ def retry_delay(attempts: int, base: float) -> timedelta:
 
 
 def outcome_of(recipient: Recipient, exc: BaseException | None, reply: tuple[int, str] | None,
-               *, msg_id: str, settings: DispatchSettings, now: datetime) -> Outcome:
-    """Map the result of one SMTP transaction to the delivery's next state."""
+               *, msg_id: str, settings: DispatchSettings, now: datetime,
+               relay: str | None = None) -> Outcome:
+    """Map the result of one SMTP transaction (through `relay`) to the delivery's next state.
+
+    A cut after the final dot with no reply leaves the message with us (RFC 5321 §6.1: the
+    server takes responsibility with its 250), so it is resent at once, on another
+    connection, and marked a possible duplicate; a second cut, or one of our own making (a
+    stop out of grace), makes it unknown: resent only on the author's request.
+    """
     rid = recipient.delivery_id
+    dup = recipient.possible_duplicate
     if exc is None:
         assert reply is not None
-        return Outcome(rid, DeliveryStatus.SENT, reply[0], reply[1], message_id=msg_id)
+        return Outcome(rid, DeliveryStatus.SENT, reply[0], reply[1], message_id=msg_id,
+                       relay=relay, possible_duplicate=dup)
     if isinstance(exc, DeliveryInDoubt):
-        return Outcome(rid, DeliveryStatus.UNKNOWN, None, str(exc))
+        if exc.by_us or dup:
+            return Outcome(rid, DeliveryStatus.UNKNOWN, None, str(exc), relay=relay,
+                           possible_duplicate=dup)
+        return Outcome(rid, DeliveryStatus.PENDING, None, f"{exc}; resent once", retry_at=now,
+                       relay=relay, possible_duplicate=True)
     if isinstance(exc, PermanentFailure):
-        return Outcome(rid, DeliveryStatus.FAILED, exc.code, str(exc), bounce=True)
+        return Outcome(rid, DeliveryStatus.FAILED, exc.code, str(exc), bounce=True,
+                       relay=relay, possible_duplicate=dup)
     assert isinstance(exc, TemporaryFailure)
     attempts = recipient.attempts + 1
     if attempts >= settings.max_attempts:
         return Outcome(rid, DeliveryStatus.FAILED, exc.code, f"gave up after {attempts} "
-                       f"attempts: {exc}")
-    return Outcome(rid, DeliveryStatus.PENDING, exc.code, str(exc),
-                   retry_at=now + retry_delay(attempts, settings.retry_base_seconds))
+                       f"attempts: {exc}", relay=relay, possible_duplicate=dup)
+    return Outcome(rid, DeliveryStatus.PENDING, exc.code, str(exc), relay=relay,
+                   retry_at=now + retry_delay(attempts, settings.retry_base_seconds),
+                   possible_duplicate=dup)

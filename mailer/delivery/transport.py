@@ -1,12 +1,17 @@
-"""SMTP transport: one persistent aiosmtplib connection per worker, and RFC 5321 reply classes."""
+"""SMTP transport: one persistent aiosmtplib connection per worker, and RFC 5321 reply classes.
+
+What fails here is told apart by whose it is: the relay's (RelayUnavailable: no connection,
+a refusing greeting, STARTTLS or login failed, 421), the recipient's (a 4xx or 5xx reply to
+its transaction), or nobody knows (DeliveryInDoubt: the whole message was sent and no
+reply came)."""
 
 from __future__ import annotations
 
-import re
+import asyncio
+import os
+import socket
 import ssl
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from urllib.parse import parse_qs, unquote, urlsplit
 
 import aiosmtplib
 from aiosmtplib import (
@@ -19,90 +24,14 @@ from aiosmtplib import (
     SMTPTimeoutError,
 )
 
+from mailer.delivery.targets import SmtpTarget, SmtpTimeouts
+from mailer.delivery.wire import CLOSING, PLAIN_ADDRESS, classify, wire_form
 from mailer.errors import (
-    ConfigError,
-    DeliveryError,
     DeliveryInDoubt,
-    PermanentFailure,
+    RelayUnavailable,
     TemporaryFailure,
     TransactionWithdrawn,
 )
-
-
-@dataclass(frozen=True)
-class SmtpTarget:
-    """Where and how to connect, parsed from `smtp_url`."""
-
-    host: str
-    port: int
-    username: str | None = None
-    password: str | None = None
-    use_tls: bool = False  # smtps:// — TLS from the first byte (port 465)
-    start_tls: bool | None = None  # None: upgrade if the server offers it
-    validate_certs: bool = True
-    timeout: float = 60.0
-
-
-def parse_smtp_url(url: str, *, password: str | None = None) -> SmtpTarget:
-    """`smtp://user@host:587?starttls=true`, `smtps://host:465`, `smtp://127.0.0.1:2525`.
-
-    Raises:
-        ConfigError: an unknown scheme, no host, or a password written into the URL.
-    """
-    parts = urlsplit(url)
-    if parts.scheme not in ("smtp", "smtps") or not parts.hostname:
-        raise ConfigError("expected capture, smtp://[user@]host[:port] or smtps://host[:port]",
-                          field="settings.smtp_url")
-    if parts.password:
-        raise ConfigError("put the password in MAILER_SMTP_PASSWORD, not in the URL",
-                          field="settings.smtp_url")
-    query = {k: v[-1].lower() for k, v in parse_qs(parts.query).items()}
-    use_tls = parts.scheme == "smtps"
-    start_tls: bool | None = None
-    if "starttls" in query:
-        start_tls = query["starttls"] in ("1", "true", "yes")
-    return SmtpTarget(
-        host=parts.hostname,
-        port=parts.port or (465 if use_tls else 587 if start_tls else 25),
-        username=unquote(parts.username) if parts.username else None,
-        password=password,
-        use_tls=use_tls,
-        start_tls=start_tls,
-        validate_certs=query.get("verify", "true") not in ("0", "false", "no"),
-        timeout=float(query.get("timeout", "60")),
-    )
-
-
-def classify(code: int, reply: str, recipient: str | None = None) -> DeliveryError:
-    """The error for an SMTP reply code.
-
-    RFC 5321 §4.2.1: 4yz is transient, 5yz permanent. 552 (mailbox full / storage) is
-    treated as transient on purpose: §4.5.3.1.10 notes clients should treat it as 452,
-    and a full mailbox empties.
-    """
-    message = f"{code} {reply}".strip()
-    if code >= 500 and code != 552:
-        return PermanentFailure(message, code=code, reply=reply, recipient=recipient)
-    return TemporaryFailure(message, code=code, reply=reply, recipient=recipient)
-
-
-_LINE_ENDS = re.compile(rb"\r\n|\n|\r(?!\n)")
-_LEADING_DOT = re.compile(rb"^\.", re.MULTILINE)
-
-
-def wire_form(message: bytes) -> bytes:
-    """A message as SMTP DATA carries it: CRLF line ends, dot-stuffed (RFC 5321 §4.5.2),
-    ending in CRLF — what aiosmtplib's data() does to every message it sends."""
-    message = _LINE_ENDS.sub(b"\r\n", message)
-    if not message.endswith(b"\r\n"):
-        message += b"\r\n"
-    return _LEADING_DOT.sub(b"..", message)
-
-
-# An address MAIL and RCPT can carry between brackets as it is (RFC 5321 §4.1.2: a
-# dot-string local part at a domain name). Every subscriber address is one: normalize_email
-# keeps the IDNA form and refuses quoted local parts and SMTPUTF8.
-_PLAIN_ADDRESS = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]+@[A-Za-z0-9.-]+")
 
 
 class _WireDataSMTP(aiosmtplib.SMTP):
@@ -123,7 +52,7 @@ class _WireDataSMTP(aiosmtplib.SMTP):
             SMTPSenderRefused, SMTPRecipientRefused: the server refused either.
             SMTPServerDisconnected, SMTPTimeoutError: the connection is gone.
         """
-        if self.is_ehlo_or_helo_needed or not _PLAIN_ADDRESS.fullmatch(sender):
+        if self.is_ehlo_or_helo_needed or not PLAIN_ADDRESS.fullmatch(sender):
             # mail() greets the server first where connect() did not (no TLS, no auth).
             await self.mail(sender, timeout=timeout)
         else:
@@ -131,7 +60,7 @@ class _WireDataSMTP(aiosmtplib.SMTP):
                                                timeout=timeout)
             if reply.code != SMTPStatus.completed:
                 raise SMTPSenderRefused(reply.code, reply.message, sender)
-        if not _PLAIN_ADDRESS.fullmatch(recipient):
+        if not PLAIN_ADDRESS.fullmatch(recipient):
             await self.rcpt(recipient, timeout=timeout)
             return
         reply = await self.execute_command(b"RCPT", b"TO:<%s>" % recipient.encode(),
@@ -173,30 +102,93 @@ class _WireDataSMTP(aiosmtplib.SMTP):
         return response
 
 
+async def open_socket(host: str, port: int, *, timeout: float) -> socket.socket:  # noqa: ASYNC109
+    """A connected TCP socket, within `timeout` for the handshake alone.
+
+    aiosmtplib waits for the TCP connection and the greeting with one timeout; the greeting
+    may take 5 minutes (RFC 5321 §4.5.3.2.1), a host that drops SYNs must not.
+
+    Raises:
+        OSError: no address of the host took the connection in time.
+    """
+    loop = asyncio.get_running_loop()
+    last: OSError = OSError(f"no address for {host}")
+    for family, kind, proto, _, address in await loop.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM):
+        sock = socket.socket(family, kind, proto)  # proto IPPROTO_TCP: asyncio sets NODELAY
+        sock.setblocking(False)
+        try:
+            await asyncio.wait_for(loop.sock_connect(sock, address), timeout)
+            return sock
+        except TimeoutError:
+            sock.close()
+            last = OSError(f"no answer from {host}:{port} within {timeout:g} s")
+        except OSError as exc:
+            sock.close()
+            last = exc
+    raise last
+
+
+def _why(exc: BaseException) -> str:
+    # The reason as one line a person reads: aiosmtplib's messages, or the OS's words.
+    if isinstance(exc, aiosmtplib.SMTPResponseException):
+        return f"{exc.code} {exc.message}".strip()
+    if isinstance(exc, ssl.SSLError):
+        return exc.reason or str(exc)  # CERTIFICATE_VERIFY_FAILED, WRONG_VERSION_NUMBER…
+    if isinstance(exc, OSError) and exc.errno:
+        return os.strerror(exc.errno).lower()  # asyncio's own words name the address again
+    return str(exc).strip() or type(exc).__name__
+
+
 class SmtpTransport:
-    """A reusable SMTP connection: connects on first use and again after a drop or a 421."""
+    """A reusable SMTP connection to one relay: connects on first use and again after a drop
+    or a 421."""
 
     def __init__(self, target: SmtpTarget, *, tls_context: ssl.SSLContext | None = None) -> None:
         self.target = target
         self._tls_context = tls_context
         self._client: _WireDataSMTP | None = None
+        self._carried = 0  # transactions the open connection has finished
+        self._aborted = False
+
+    @property
+    def _waits(self) -> SmtpTimeouts:
+        return self.target.timeouts
 
     async def _connection(self) -> _WireDataSMTP:
+        """The open connection, or a new one.
+
+        Raises:
+            RelayUnavailable: no connection, a greeting other than 220, STARTTLS or AUTH
+                failed: whatever went wrong is the relay's.
+        """
         if self._client is not None and self._client.is_connected:
             return self._client
-        t = self.target
+        t, waits = self.target, self._waits
+        try:
+            sock = await open_socket(t.host, t.port, timeout=waits.connect)
+        except OSError as exc:
+            raise RelayUnavailable(t.name, f"cannot connect: {_why(exc)}") from exc
         client = _WireDataSMTP(
-            hostname=t.host, port=t.port, username=t.username, password=t.password,
+            hostname=t.host, sock=sock, username=t.username, password=t.password,
             use_tls=t.use_tls, start_tls=t.start_tls, validate_certs=t.validate_certs,
-            tls_context=self._tls_context, timeout=t.timeout,
+            tls_context=self._tls_context, timeout=waits.greeting,
         )
         try:
             await client.connect()
-        except aiosmtplib.SMTPResponseException as exc:
-            raise classify(exc.code, exc.message) from exc
+        except aiosmtplib.SMTPAuthenticationError as exc:
+            raise RelayUnavailable(t.name, f"login refused: {_why(exc)}") from exc
+        except aiosmtplib.SMTPConnectResponseError as exc:
+            raise RelayUnavailable(t.name, f"greeting refused: {_why(exc)}") from exc
         except (aiosmtplib.SMTPException, OSError) as exc:
-            raise TemporaryFailure(f"cannot connect to {t.host}:{t.port}: {exc}") from exc
+            cause = exc.__cause__ if isinstance(exc.__cause__, ssl.SSLError) else exc
+            tls = isinstance(cause, ssl.SSLError) or "TLS" in str(exc)
+            raise RelayUnavailable(t.name, f"{'TLS' if tls else 'connection'} failed: "
+                                           f"{_why(cause)}") from exc
+        # The socket is the transport's from here: aiosmtplib's close() on a failed connect
+        # closes it (closing it here too would pull it from under the transport).
         self._client = client
+        self._carried = 0
         return client
 
     async def send(self, sender: str, recipient: str, data: bytes, *,
@@ -211,23 +203,39 @@ class SmtpTransport:
         and answers whether the body may go.
 
         Raises:
-            TemporaryFailure: 4xx or a connection problem before the data was handed over.
+            RelayUnavailable: the relay could not be reached or closed the channel (421)
+                before the body; nothing was delivered and no recipient is to blame.
+            TemporaryFailure: 4xx, or this connection was lost before the body.
             PermanentFailure: 5xx.
             DeliveryInDoubt: the connection died while the server held the whole message.
             TransactionWithdrawn: `before_body` said no; the connection was dropped.
         """
         if not wire_ready:
             data = wire_form(data)
+        waits = self._waits
         client = await self._connection()
+        stale = self._carried > 0
         try:
-            await client.envelope(sender, recipient, timeout=self.target.timeout)
-            await client.start_data(timeout=self.target.timeout)
+            try:
+                await client.envelope(sender, recipient, timeout=waits.command)
+            except (SMTPServerDisconnected, ConnectionError) as exc:
+                if not stale:
+                    raise
+                # A kept-alive connection the server closed while idle (RFC 5321 §4.5.3.2.7
+                # lets it after 5 minutes): not the recipient's fault, so once more, afresh.
+                self._drop()
+                client = await self._connection()
+                del exc
+                await client.envelope(sender, recipient, timeout=waits.command)
+            await client.start_data(timeout=waits.data_start)
         except aiosmtplib.SMTPResponseException as exc:
             await self._reset_or_drop(client, exc.code)
+            if exc.code == CLOSING:
+                raise RelayUnavailable(self.target.name, f"closing: {_why(exc)}") from exc
             raise classify(exc.code, exc.message, recipient) from exc
         except (aiosmtplib.SMTPException, OSError) as exc:
             self._drop()
-            raise TemporaryFailure(f"connection lost: {exc}", recipient=recipient) from exc
+            raise TemporaryFailure(f"connection lost: {_why(exc)}", recipient=recipient) from exc
         if before_body is not None:
             try:
                 go_on = await before_body()
@@ -239,31 +247,37 @@ class SmtpTransport:
                 self._drop()
                 raise TransactionWithdrawn(f"withdrawn before the body left: {recipient}")
         try:
-            response = await client.finish_data(data, timeout=self.target.timeout)
+            response = await client.finish_data(data, timeout=waits.data_end)
         except aiosmtplib.SMTPResponseException as exc:
             await self._reset_or_drop(client, exc.code)
             raise classify(exc.code, exc.message, recipient) from exc
         except (aiosmtplib.SMTPException, OSError) as exc:
+            by_us, self._aborted = self._aborted, False
             self._drop()
-            raise DeliveryInDoubt(f"connection lost during DATA: {exc}",
-                                  recipient=recipient) from exc
+            what = "cut by this process" if by_us else "no reply to the final dot"
+            raise DeliveryInDoubt(f"{what}: {_why(exc)}", recipient=recipient,
+                                  by_us=by_us) from exc
+        self._carried += 1
         return response.code, response.message
 
     async def _reset_or_drop(self, client: aiosmtplib.SMTP, code: int) -> None:
         # 421 means the server is closing the channel (RFC 5321 §3.8): reconnect next time.
-        if code == 421 or not client.is_connected:
+        if code == CLOSING or not client.is_connected:
             self._drop()
             return
         try:
-            await client.rset()
+            await client.rset(timeout=self._waits.command)
         except (aiosmtplib.SMTPException, OSError):
             self._drop()
 
     def abort(self) -> None:
         """Cut the connection now, mid-transaction if need be (a shutdown out of grace).
 
-        The transaction in progress then fails like any lost connection and is recorded.
+        The transaction in progress then fails like any lost connection and is recorded;
+        one cut after its body is this process's doing, so it is not resent.
         """
+        if self._client is not None:
+            self._aborted = True
         self._drop()
 
     def _drop(self) -> None:
@@ -276,6 +290,6 @@ class SmtpTransport:
         client, self._client = self._client, None
         if client is not None and client.is_connected:
             try:
-                await client.quit()
+                await client.quit(timeout=self._waits.command)
             except (aiosmtplib.SMTPException, OSError):
                 client.close()

@@ -18,6 +18,7 @@ from mailer import content, logs
 from mailer.config import Config
 from mailer.delivery.signing import signer_from_settings
 from mailer.errors import MailerError
+from mailer.runners.returns import ReturnPaths
 from mailer.runners.scheduler import Scheduler
 from mailer.runners.slots import LoadedFiles, SlotRunner
 from mailer.schedule import Clock
@@ -30,8 +31,9 @@ log = logging.getLogger("mailer.daemon")
 
 ABORT_WAIT_SECONDS = 5.0  # after cutting connections, for their outcomes to be written
 # Settings a running daemon cannot swap: they are read once, while it starts.
-RESTART_SETTINGS = ("database_url", "smtp_url", "host", "port", "var_dir", "secret_key",
-                    "smtp_password", "test_now", "trusted_proxies")
+RESTART_SETTINGS = ("database_url", "smtp_url", "smtp_timeout_scale", "host", "port",
+                    "var_dir", "secret_key", "smtp_password", "test_now", "trusted_proxies",
+                    "bounce_listen", "bounce_mailbox", "bounce_password")
 
 
 def fingerprint(config: Config) -> tuple[object, ...]:
@@ -122,7 +124,10 @@ class Daemon:
                 Scheduler(runner, store, self.clock))
             self._install_signals()
             await scheduler.apply(self.snapshot.config, starting=True)
-            web = self._start_web(store, sock)
+            # What comes back: the bounce receiver and mailbox the settings ask for.
+            returns = await stack.enter_async_context(
+                ReturnPaths(lambda: self.snapshot.config, store))
+            web = self._start_web(store, sock, returns)
             watch = asyncio.create_task(self._watch(), name="mailer-watch")
             where = "{}:{}".format(*sock.getsockname()[:2])
             log.info("running", extra={"pid": os.getpid(), "http": where,
@@ -184,9 +189,12 @@ class Daemon:
             slots.cancel()
             await asyncio.wait([slots], timeout=ABORT_WAIT_SECONDS)
 
-    def _start_web(self, store: Store, sock: socket.socket
+    def _start_web(self, store: Store, sock: socket.socket, returns: ReturnPaths
                    ) -> tuple[uvicorn.Server, asyncio.Task[None]]:
-        self.app = create_app(self.snapshot.config, store=store)
+        relays = self._sender.relays if self._sender is not None else None
+        self.app = create_app(self.snapshot.config, store=store,
+                              relay_health=relays.health if relays is not None else None,
+                              returned_events=returns.provider_event)
         server = EmbeddedServer(server_config(
             self.app, self.snapshot.config.settings, lifespan="on", log_config=None,
             access_log=False, timeout_graceful_shutdown=3))

@@ -18,7 +18,8 @@ from mailer.store import Store
 
 async def delivery_counts(store: Store, send_id: int) -> DeliveryCounts:
     """The send's counts as they are now in the database (every process's work)."""
-    return DeliveryCounts.of(await store.delivery_counts(send_id))
+    return DeliveryCounts.of(await store.delivery_counts(send_id),
+                             possible_duplicates=await store.possible_duplicates(send_id))
 
 
 @dataclass(frozen=True)
@@ -28,6 +29,7 @@ class Report:
     send: SendRow
     counts: DeliveryCounts
     tally: Tally
+    relay_failure: str | None = None  # no relay answered (each one's name and reason)
 
 
 class DeliveryObserver(Protocol):
@@ -49,6 +51,7 @@ async def deliver_with_report(sender: Sender, send: SendRow, newsletter: Newslet
     observer.started(send, await delivery_counts(sender.store, send.id))
     tally = await sender.deliver(send, newsletter, on_outcome=observer.delivered)
     report = Report(send=await sender.store.get_send(send.id),
-                    counts=await delivery_counts(sender.store, send.id), tally=tally)
+                    counts=await delivery_counts(sender.store, send.id), tally=tally,
+                    relay_failure=sender.relay_failure)
     observer.finished(report)
     return report

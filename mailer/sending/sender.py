@@ -16,9 +16,11 @@ from mailer.content.rendered import RenderedIssue
 from mailer.delivery.dispatch import Dispatcher
 from mailer.delivery.message import Letter, letter_of
 from mailer.delivery.outcomes import DispatchSettings, Tally
+from mailer.delivery.relays import GIVE_UP_SECONDS, RelayPool
 from mailer.delivery.signing import signer_from_settings
-from mailer.delivery.single import enter_smtp_target
-from mailer.delivery.transport import SmtpTarget, SmtpTransport
+from mailer.delivery.single import enter_relays
+from mailer.delivery.targets import SmtpTarget
+from mailer.delivery.transport import SmtpTransport
 from mailer.keys import token_key
 from mailer.rows import Outcome, SendRow
 from mailer.sending.recovery import new_worker_id, recover_dead_workers
@@ -49,9 +51,12 @@ class Sender:
 
     Registers this process as a worker (so a crash is noticed and its claims released),
     keeps a heartbeat, and starts the built-in capture server when smtp_url is `capture`.
+    With `give_up_on_relays` (send-now), a send stops once no relay has answered for about
+    30 s (see RelayPool); without it (the daemon, workers) it waits for a relay.
     """
 
-    def __init__(self, config: Config, store: Store) -> None:
+    def __init__(self, config: Config, store: Store, *, give_up_on_relays: bool = False
+                 ) -> None:
         self.config = config
         self.store = store
         self.worker_id = new_worker_id()
@@ -59,17 +64,22 @@ class Sender:
         # Refused here, before a capture server starts or a message goes: an incomplete DKIM
         # setup or an unsafe key file (deliver() makes its own signer per send).
         signer_from_settings(config.settings, file=str(config.path))
-        self.target: SmtpTarget | None = None
+        self.give_up_on_relays = give_up_on_relays
+        self.relays: RelayPool | None = None
         self._stack = contextlib.AsyncExitStack()
         self._heartbeat: asyncio.Task[None] | None = None
         self._current: Dispatcher | None = None
         self._transports: weakref.WeakSet[SmtpTransport] = weakref.WeakSet()
         self._stopping = False
         self.unknown_released = 0
+        self.relay_failure: str | None = None  # why the last deliver() found no relay
 
     async def __aenter__(self) -> Sender:
         # smtp_url `capture`: the built-in capture server runs as long as this sender.
-        self.target = await enter_smtp_target(self.config.settings, self._stack)
+        targets = await enter_relays(self.config.settings, self._stack)
+        scale = self.config.settings.smtp_timeout_scale
+        self.relays = RelayPool(targets, scale=scale, give_up_after=(
+            GIVE_UP_SECONDS * scale if self.give_up_on_relays else None))
         self.unknown_released = await recover_dead_workers(self.store)
         await self.store.register_worker(self.worker_id, host=socket.gethostname(),
                                          pid=os.getpid())
@@ -99,9 +109,9 @@ class Sender:
             except Exception:  # a database hiccup must not kill the sender; the next beat retries
                 log.exception("heartbeat failed")
 
-    def transport(self) -> SmtpTransport:
-        assert self.target is not None, "use Sender as an async context manager"
-        transport = SmtpTransport(self.target)
+    def transport(self, target: SmtpTarget) -> SmtpTransport:
+        """A connection to `target`, cut by abort() with the others."""
+        transport = SmtpTransport(target)
         self._transports.add(transport)
         return transport
 
@@ -125,16 +135,19 @@ class Sender:
     async def deliver(self, send: SendRow, newsletter: Newsletter,
                       on_outcome: Callable[[Outcome], None] | None = None) -> Tally:
         """Send every open delivery of `send` from this process; marks the send finished."""
+        assert self.relays is not None, "use Sender as an async context manager"
         dispatcher = Dispatcher(
             self.store, send_id=send.id,
             letter=letter_of_send(send, newsletter, self.config.settings.base_url),
             secret_key=self.secret_key, base_url=self.config.settings.base_url,
-            worker_id=self.worker_id, transport_factory=self.transport,
+            worker_id=self.worker_id, transport_factory=self.transport, relays=self.relays,
             settings=dispatch_settings(self.config), on_outcome=on_outcome,
             # The key is read once per send, from the config of now (a reload may change it).
             signer=signer_from_settings(self.config.settings, file=str(self.config.path)),
+            bounce_address=self.config.settings.bounce_address,
         )
         self._current = dispatcher
+        self.relay_failure = None
         if self._stopping:
             dispatcher.stop()
         try:
@@ -143,6 +156,9 @@ class Sender:
             tally = await dispatcher.run()
         finally:
             self._current = None
+        # No relay answered (send-now only): the dispatcher stopped, so the send stays open
+        # below, to go on when a relay does.
+        self.relay_failure = dispatcher.relay_failure
         if dispatcher.pause_reason is not None:
             await self.store.set_send_status(send.id, SendStatus.PAUSED,
                                              dispatcher.pause_reason)

@@ -28,6 +28,7 @@ from mailer.rows import (
 from mailer.store import db
 from mailer.store.deliveries import DeliveryQueries
 from mailer.store.reports import ReportQueries
+from mailer.store.returns import ReturnQueries
 from mailer.store.sends import SendQueries
 from mailer.store.signups import SignUpQueries
 from mailer.store.subscribers import SubscriberQueries
@@ -36,7 +37,8 @@ __all__ = ["ArchivedIssue", "Outcome", "QuotaUse", "Recipient", "SendRow", "Stor
            "SubscriberRow", "SubscriptionRow", "WorkerRow"]
 
 
-class Store(SubscriberQueries, SignUpQueries, SendQueries, ReportQueries, DeliveryQueries):
+class Store(SubscriberQueries, SignUpQueries, SendQueries, ReportQueries, DeliveryQueries,
+            ReturnQueries):
     """The database of one mailer installation; every query lives here."""
 
     def __init__(self, engine: AsyncEngine) -> None:

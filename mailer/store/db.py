@@ -7,6 +7,7 @@ from typing import Any
 
 from sqlalchemy import event, inspect, text
 from sqlalchemy.engine import Connection, make_url
+from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -120,3 +121,17 @@ async def migrate(engine: AsyncEngine) -> None:
     async with engine.begin() as conn:
         if await conn.run_sync(_current_revision) != head_revision():
             await conn.run_sync(_upgrade)
+
+
+def unavailable(error: BaseException) -> bool:
+    """Whether `error` says the database cannot be reached now (a server down or restarting,
+    a network cut, a locked or missing file), as opposed to a mistake that would fail again:
+    what a caller that can be retried later (an MTA pipe, an SMTP client) is told to retry.
+    """
+    if isinstance(error, OSError | TimeoutError):
+        return True
+    if isinstance(error, DBAPIError) and error.connection_invalidated:
+        return True
+    # SQLAlchemy wraps the driver's refusal to connect (asyncpg's OSError, sqlite3's
+    # "unable to open database file" or "database is locked") as OperationalError.
+    return isinstance(error, OperationalError) or isinstance(error.__cause__, OSError)

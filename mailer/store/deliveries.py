@@ -97,9 +97,9 @@ class DeliveryQueries(StoreBase):
                 update(Delivery).where(Delivery.id.in_(ids))
                 .values(claimed_by=worker_id)
                 .returning(Delivery.id, Delivery.subscription_id, Delivery.email, Delivery.name,
-                           Delivery.attempts)
+                           Delivery.attempts, Delivery.possible_duplicate)
             )
-            claimed = [Recipient(*row) for row in claimed_rows.all()]
+            claimed = [Recipient(*row[:5], bool(row[5])) for row in claimed_rows.all()]
         claimed.sort(key=lambda r: r.delivery_id)
         return claimed
 

@@ -34,13 +34,16 @@ SENDING, PENDING = DeliveryStatus.SENDING.value, DeliveryStatus.PENDING.value
 CONFIRMED, BOUNCED = SubscriptionStatus.CONFIRMED.value, SubscriptionStatus.BOUNCED.value
 
 # coalesce: a NULL keeps what the row has (a retry keeps no Message-ID, a success keeps
-# its last retry time). data_started_at is cleared: a retry is a new transaction.
+# its last retry time). data_started_at is cleared: a retry is a new transaction. Once a
+# possible duplicate, always one.
 _RECORD_OUTCOME = """
 UPDATE deliveries SET status = {}, smtp_code = {}, smtp_reply = {},
     message_id = coalesce({}, message_id), sent_at = coalesce({}, sent_at),
     next_attempt_at = coalesce({}, next_attempt_at), attempts = attempts + 1,
+    relay = coalesce({}, relay), possible_duplicate = (possible_duplicate OR {}),
     claimed_by = NULL, data_started_at = NULL, updated_at = {}
 WHERE id = {}"""
+_RECORD_PARAMETERS = 10
 
 
 class DeliveryLogWriter(Protocol):
@@ -56,7 +59,7 @@ def _outcome_row(o: Outcome, now: Any, stamp: Any) -> tuple[Any, ...]:
     sent = o.status == DeliveryStatus.SENT
     retry = stamp(o.retry_at) if o.retry_at is not None else None
     return (o.status.value, o.smtp_code, o.smtp_reply, o.message_id if sent else None,
-            now if sent else None, retry, now, o.delivery_id)
+            now if sent else None, retry, o.relay, o.possible_duplicate, now, o.delivery_id)
 
 
 def _sqlite_time(moment: datetime) -> str:
@@ -73,7 +76,7 @@ class SqliteDeliveryLog:
         self._bounce_limit = bounce_limit
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="mailer-journal")
         self._db: sqlite3.Connection | None = None
-        self._record = _RECORD_OUTCOME.format(*["?"] * 8)
+        self._record = _RECORD_OUTCOME.format(*["?"] * _RECORD_PARAMETERS)
 
     async def write(self, *, sending: Sequence[int], outcomes: Sequence[Outcome]) -> set[int]:
         return await asyncio.get_running_loop().run_in_executor(
@@ -134,7 +137,8 @@ class PostgresDeliveryLog:
         self._db = connection  # asyncpg.Connection
         self._worker_id = worker_id
         self._bounce_limit = bounce_limit
-        self._record = _RECORD_OUTCOME.format(*[f"${n}" for n in range(1, 9)])
+        self._record = _RECORD_OUTCOME.format(
+            *[f"${n}" for n in range(1, _RECORD_PARAMETERS + 1)])
 
     async def write(self, *, sending: Sequence[int], outcomes: Sequence[Outcome]) -> set[int]:
         now = utcnow()

@@ -11,6 +11,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Text,
@@ -21,6 +22,7 @@ from sqlalchemy import (
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from mailer.returns.kinds import ReturnKind
 from mailer.states import DeliveryStatus, SendStatus, SubscriptionStatus, utcnow
 
 
@@ -149,6 +151,10 @@ class Delivery(Base):
     __table_args__ = (
         UniqueConstraint("send_id", "subscription_id"),
         Index("ix_deliveries_send_status", "send_id", "status"),
+        # A returned message without a VERP token is found by its Message-ID; the soft
+        # bounce rule reads an address's history by its email.
+        Index("ix_deliveries_message_id", "message_id"),
+        Index("ix_deliveries_email", "email"),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -172,6 +178,15 @@ class Delivery(Base):
     # When the body started to leave (set with SENDING, after the server's 354). Cleared
     # by the outcome: a retry is a new transaction.
     data_started_at: Mapped[datetime | None]
+    # The relay (host:port) that answered the last transaction; None before any did.
+    relay: Mapped[str | None] = mapped_column(String(255))
+    # Cut after the whole message with no reply, and resent once: the reader may have two.
+    possible_duplicate: Mapped[bool] = mapped_column(default=False, server_default=false())
+    # Bounced later: the kind of the last returned message that acted on it (hard, soft,
+    # complaint, policy), when it came, and the remote server's text.
+    returned_kind: Mapped[ReturnKind | None] = mapped_column(_enum(ReturnKind))
+    returned_at: Mapped[datetime | None]
+    returned_reply: Mapped[str | None] = mapped_column(Text)
 
     def __repr__(self) -> str:
         return f"Delivery(id={self.id!r}, send_id={self.send_id!r}, status={self.status!r})"
@@ -188,3 +203,38 @@ class SenderProcess(Base):
     pid: Mapped[int] = mapped_column(Integer)
     started_at: Mapped[datetime] = mapped_column(default=utcnow)
     heartbeat_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class ReturnedMessage(Base):
+    """One bounce, complaint or auto-reply that came back, whatever brought it: the evidence
+    behind every suppression, and what `mailer bounces list` shows."""
+
+    __tablename__ = "returned_messages"
+    __table_args__ = (
+        Index("ix_returned_messages_address_kind", "address", "kind", "received_at"),
+        Index("ix_returned_messages_send_id", "send_id"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    received_at: Mapped[datetime] = mapped_column(default=utcnow)
+    source: Mapped[str] = mapped_column(String(16))  # smtp, imap, pipe, ses, postmark, mailgun
+    kind: Mapped[ReturnKind] = mapped_column(_enum(ReturnKind))
+    # SET NULL: the evidence outlives a removed subscriber or an erased address.
+    delivery_id: Mapped[int | None] = mapped_column(
+        ForeignKey("deliveries.id", ondelete="SET NULL"))
+    send_id: Mapped[int | None]
+    subscription_id: Mapped[int | None] = mapped_column(
+        ForeignKey("subscriptions.id", ondelete="SET NULL"))
+    address: Mapped[str | None] = mapped_column(String(320))
+    status_code: Mapped[str | None] = mapped_column(String(16))  # RFC 3463, "5.1.1"
+    smtp_code: Mapped[int | None]
+    diagnostic: Mapped[str] = mapped_column(Text, default="")
+    reason: Mapped[str] = mapped_column(Text, default="")
+    message_id: Mapped[str | None] = mapped_column(String(250))
+    # sha256 of the raw message, or the provider's event id: a replay inserts nothing.
+    fingerprint: Mapped[str] = mapped_column(String(128), unique=True)
+    evidence: Mapped[bytes] = mapped_column(LargeBinary, default=b"")
+
+    def __repr__(self) -> str:
+        return (f"ReturnedMessage(id={self.id!r}, kind={self.kind!r}, "
+                f"delivery_id={self.delivery_id!r})")

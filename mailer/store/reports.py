@@ -45,6 +45,22 @@ class ReportQueries(StoreBase):
                 Delivery.send_id == send_id, Delivery.status == DeliveryStatus.SENT,
                 Delivery.sent_at > since))).scalar_one())
 
+    async def relay_counts(self, send_id: int) -> dict[str, int]:
+        """Messages of a send delivered through each relay (host:port)."""
+        async with self.session() as s:
+            rows = await s.execute(
+                select(Delivery.relay, func.count())
+                .where(Delivery.send_id == send_id, Delivery.status == DeliveryStatus.SENT,
+                       Delivery.relay.is_not(None))
+                .group_by(Delivery.relay).order_by(Delivery.relay))
+            return {relay: n for relay, n in rows.all() if relay is not None}
+
+    async def possible_duplicates(self, send_id: int) -> int:
+        """Deliveries of a send resent after a cut with no reply: maybe had twice."""
+        async with self.session() as s:
+            return int((await s.execute(select(func.count()).select_from(Delivery).where(
+                Delivery.send_id == send_id, Delivery.possible_duplicate))).scalar_one())
+
     # -- archive and metrics -----------------------------------------------------------------
 
     async def archived_issues(self, newsletter: str) -> list[ArchivedIssue]:
@@ -84,6 +100,15 @@ class ReportQueries(StoreBase):
                 .join(Send, Send.id == Delivery.send_id)
                 .group_by(Send.newsletter, Delivery.status))
             return {(n, DeliveryStatus(status)): c for n, status, c in rows.all()}
+
+    async def possible_duplicate_totals(self) -> dict[str, int]:
+        """Possible duplicates per newsletter over every send."""
+        async with self.session() as s:
+            rows = await s.execute(
+                select(Send.newsletter, func.count()).select_from(Delivery)
+                .join(Send, Send.id == Delivery.send_id)
+                .where(Delivery.possible_duplicate).group_by(Send.newsletter))
+            return {n: c for n, c in rows.all()}
 
     async def send_durations(self) -> list[tuple[str, float]]:
         """(newsletter, seconds from queueing to the last outcome) of every finished send.

@@ -25,7 +25,7 @@ class SignUpQueries(StoreBase):
         The same three statements in one write transaction whatever the address's state:
         the answer's timing told them apart when a confirmed address skipped the write.
         Both upserts always write (a known row gets its own values back). One that ended
-        (unsubscribed, bounced) becomes pending in a new token generation, so it must
+        (unsubscribed, bounced, complained) becomes pending in a new token generation, so it must
         confirm anew with a new link; a confirmed one is left alone. The name is taken
         only for a new address: a stranger must not rename someone already on a list.
 
@@ -35,7 +35,8 @@ class SignUpQueries(StoreBase):
         process died) is due again after `lease`.
         """
         ended = Subscription.status.in_([SubscriptionStatus.UNSUBSCRIBED,
-                                         SubscriptionStatus.BOUNCED])
+                                         SubscriptionStatus.BOUNCED,
+                                         SubscriptionStatus.COMPLAINED])
         async with self.session.begin() as s:
             subscriber_id = (await s.execute(
                 self._insert(Subscriber).values(email=email, name=name, created_at=utcnow())

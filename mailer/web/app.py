@@ -1,4 +1,5 @@
-"""The HTTP side (Starlette): sign-up form, confirm, one-click unsubscribe, archive, metrics.
+"""The HTTP side (Starlette): sign-up form, confirm, one-click unsubscribe, archive, metrics,
+provider webhooks.
 
 A flat `routes` table of thin handlers: each parses its input, calls one use case in
 `subscriptions` (or one store read), and picks a page. Domain errors become status codes
@@ -9,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 
 from markupsafe import Markup
@@ -26,6 +27,7 @@ from mailer import subscriptions
 from mailer.config import Config, Newsletter
 from mailer.content import render
 from mailer.content.rendered import RenderedIssue
+from mailer.rows import RelayHealth
 from mailer.states import SubscriptionStatus
 from mailer.store import Store
 from mailer.web import metrics
@@ -34,6 +36,13 @@ from mailer.web.guards import MAX_BODY, RateLimiter, SecurityHeaders, read_body,
 from mailer.web.pages import EXCEPTION_HANDLERS, page, wants_json
 from mailer.web.ports import WebStore
 from mailer.web.server import SignalServer, server_config
+from mailer.web.webhooks import (
+    ReturnedEvents,
+    WebhookState,
+    mailgun_webhook,
+    postmark_webhook,
+    ses_webhook,
+)
 
 log = logging.getLogger("mailer.web")
 
@@ -196,27 +205,41 @@ async def issue(request: Request) -> Response:
     return HTMLResponse(render.render_web_view(rendered))
 
 
+def _metrics_access(request: Request) -> metrics.Access:
+    token = _config(request).settings.metrics_token
+    # The socket's peer, never X-Forwarded-For: a header is whatever the client says.
+    return metrics.access(token.get_secret_value() if token else None,
+                          authorization=request.headers.get("authorization"),
+                          peer=request.client.host if request.client else None)
+
+
 async def healthz(request: Request) -> Response:
-    """GET /healthz: liveness (the process answers HTTP)."""
-    return PlainTextResponse("ok\n")
+    """GET /healthz: liveness (the process answers HTTP: 200 "ok"). In `mailer run`, a line
+    per relay follows for whoever may read /metrics: up, down and why, or not tried yet."""
+    lines = ["ok"]
+    health = request.app.state.relay_health
+    if health is not None and _metrics_access(request) == metrics.Access.ALLOWED:
+        for relay in health():
+            state = {True: "up", False: "down", None: "not tried yet"}[relay.up]
+            lines.append(f"relay {relay.relay}: {state}"
+                         + (f" ({relay.reason})" if relay.reason else ""))
+    return PlainTextResponse("\n".join(lines) + "\n")
 
 
 async def metrics_text(request: Request) -> Response:
     """GET /metrics: Prometheus text, counted in the database now; for the bearer of
     MAILER_METRICS_TOKEN, or without one for loopback clients only."""
     config = _config(request)
-    token = config.settings.metrics_token
-    # The socket's peer, never X-Forwarded-For: a header is whatever the client says.
-    verdict = metrics.access(token.get_secret_value() if token else None,
-                             authorization=request.headers.get("authorization"),
-                             peer=request.client.host if request.client else None)
+    verdict = _metrics_access(request)
     if verdict == metrics.Access.UNAUTHORIZED:
         raise HTTPException(401, "metrics need the bearer token (MAILER_METRICS_TOKEN)",
                             headers={"WWW-Authenticate": "Bearer"})
     if verdict == metrics.Access.FORBIDDEN:
         raise HTTPException(403, "metrics are served to loopback clients only (set "
                                  "MAILER_METRICS_TOKEN to allow others)")
-    body = await metrics.exposition(_store(request), config.newsletters)
+    health = request.app.state.relay_health
+    body = await metrics.exposition(_store(request), config.newsletters,
+                                    relays=health() if health is not None else ())
     return Response(body, media_type=metrics.CONTENT_TYPE)
 
 
@@ -247,6 +270,9 @@ routes = [
     Resource("/issues/{newsletter}/{slug}", name="issue", GET=issue),
     Resource("/healthz", name="healthz", GET=healthz),
     Resource("/metrics", name="metrics", GET=metrics_text),
+    Resource("/webhooks/ses", name="webhook_ses", POST=ses_webhook),
+    Resource("/webhooks/postmark", name="webhook_postmark", POST=postmark_webhook),
+    Resource("/webhooks/mailgun", name="webhook_mailgun", POST=mailgun_webhook),
 ]
 
 
@@ -266,9 +292,15 @@ async def serve(config: Config, *, host: str | None = None, port: int | None = N
         )).serve()
 
 
-def create_app(config: Config, *, store: WebStore | None = None) -> Starlette:
+def create_app(config: Config, *, store: WebStore | None = None,
+               relay_health: Callable[[], Sequence[RelayHealth]] | None = None,
+               returned_events: ReturnedEvents | None = None) -> Starlette:
     """The web app. Handlers read `app.state.config` (the daemon swaps it on reload) and
-    `app.state.store`; without `store`, the app opens its own in its lifespan."""
+    `app.state.store`; without `store`, the app opens its own in its lifespan.
+    `relay_health`: the sending process's view of its relays, for /healthz and /metrics
+    (the daemon's; a web-only process has none). `returned_events`: what takes each
+    verified provider webhook event (event, provider, raw body); without it the webhook
+    routes answer 503."""
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -285,6 +317,9 @@ def create_app(config: Config, *, store: WebStore | None = None) -> Starlette:
     # Its redirect to the path with(out) a slash is built from the Host header: another site.
     app.router.redirect_slashes = False
     app.state.config = config
+    app.state.relay_health = relay_health
+    app.state.returned_events = returned_events
+    app.state.webhooks = WebhookState()
     app.state.limiter = RateLimiter()
     app.state.confirmations = ConfirmationQueue()
     if store is not None:

@@ -27,20 +27,20 @@ def content_type(request: Request) -> str:
     return request.headers.get("content-type", "").partition(";")[0].strip().lower()
 
 
-async def read_body(request: Request) -> bytes:
-    """The request body, refused with 413 past MAX_BODY without reading the rest.
+async def read_body(request: Request, *, limit: int = MAX_BODY) -> bytes:
+    """The request body, refused with 413 past `limit` bytes without reading the rest.
 
     Raises:
         HTTPException: 413.
     """
     length = request.headers.get("content-length", "")
-    if length.isdigit() and int(length) > MAX_BODY:
-        raise HTTPException(413, f"a request body may have at most {MAX_BODY} bytes")
+    if length.isdigit() and int(length) > limit:
+        raise HTTPException(413, f"a request body may have at most {limit} bytes")
     chunks, size = [], 0
     async for chunk in request.stream():
         size += len(chunk)
-        if size > MAX_BODY:
-            raise HTTPException(413, f"a request body may have at most {MAX_BODY} bytes")
+        if size > limit:
+            raise HTTPException(413, f"a request body may have at most {limit} bytes")
         chunks.append(chunk)
     return b"".join(chunks)
 

@@ -6,7 +6,7 @@ import enum
 import hmac
 import ipaddress
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import (
@@ -17,6 +17,8 @@ from prometheus_client.core import (
 )
 
 from mailer import __version__
+from mailer.returns.kinds import ReturnKind
+from mailer.rows import RelayHealth
 from mailer.states import DeliveryStatus, SubscriptionStatus
 from mailer.web.ports import MetricsStore
 
@@ -72,18 +74,24 @@ class ScrapeCounts:
     subscriptions: dict[tuple[str, SubscriptionStatus], int]
     deliveries: dict[tuple[str, DeliveryStatus], int]
     send_durations: Sequence[tuple[str, float]]
+    possible_duplicates: dict[str, int] = field(default_factory=dict)
+    relays: Sequence[RelayHealth] = ()
+    returned: dict[tuple[str, str], int] = field(default_factory=dict)
 
 
-async def snapshot(store: MetricsStore, newsletters: Iterable[str]) -> ScrapeCounts:
+async def snapshot(store: MetricsStore, newsletters: Iterable[str],
+                   relays: Sequence[RelayHealth] = ()) -> ScrapeCounts:
     """Read what the metrics report. Every process that shares the database (the daemon,
     `send-now`, a second web process) is counted, which in-process counters could not do."""
     subscriptions = await store.subscription_counts()
     deliveries = await store.delivery_totals()
     durations = await store.send_durations()
+    duplicates = await store.possible_duplicate_totals()
     # Configured newsletters report zeros rather than vanish; ones that left the config
     # but still have rows in the database are reported too.
     known = set(newsletters) | {n for n, _ in subscriptions} | {n for n, _ in deliveries}
-    return ScrapeCounts(sorted(known), subscriptions, deliveries, durations)
+    return ScrapeCounts(sorted(known), subscriptions, deliveries, durations, duplicates,
+                        relays, await store.returned_totals())
 
 
 class DatabaseCollector:
@@ -124,6 +132,31 @@ class DatabaseCollector:
         yield messages
         yield queued
 
+        duplicates = CounterMetricFamily(
+            "mailer_messages_possible_duplicates", "Messages resent once because the "
+            "connection was cut after the whole message with no reply (maybe had twice)",
+            labels=["newsletter"])
+        for newsletter in d.newsletters:
+            duplicates.add_metric([newsletter], d.possible_duplicates.get(newsletter, 0))
+        yield duplicates
+
+        returned = CounterMetricFamily(
+            "mailer_returned_messages", "Bounces, complaints and auto-replies that came back "
+            "for messages of sent issues, by kind", labels=["newsletter", "kind"])
+        for newsletter in d.newsletters:
+            for kind in ReturnKind:
+                returned.add_metric([newsletter, kind.value],
+                                    d.returned.get((newsletter, kind.value), 0))
+        yield returned
+
+        if d.relays:  # only a sending process knows its relays (`mailer run`)
+            relay_up = GaugeMetricFamily(
+                "mailer_relay_up", "1 if the relay answered its last try, 0 if it is down "
+                "(this process's view; a relay not tried yet counts as up)", labels=["relay"])
+            for relay in d.relays:
+                relay_up.add_metric([relay.relay], 0 if relay.up is False else 1)
+            yield relay_up
+
         durations = HistogramMetricFamily(
             "mailer_send_duration_seconds",
             "Time from queueing an issue to the outcome of its last message, finished sends",
@@ -141,8 +174,9 @@ def _le(bound: float) -> str:
     return str(int(bound)) if bound.is_integer() else str(bound)
 
 
-async def exposition(store: MetricsStore, newsletters: Iterable[str]) -> bytes:
+async def exposition(store: MetricsStore, newsletters: Iterable[str],
+                     relays: Sequence[RelayHealth] = ()) -> bytes:
     """The Prometheus text of everything mailer reports, counted now."""
     registry = CollectorRegistry()
-    registry.register(DatabaseCollector(await snapshot(store, newsletters)))
+    registry.register(DatabaseCollector(await snapshot(store, newsletters, relays)))
     return generate_latest(registry)

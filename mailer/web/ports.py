@@ -20,6 +20,10 @@ class MetricsStore(Protocol):
 
     async def send_durations(self) -> list[tuple[str, float]]: ...
 
+    async def possible_duplicate_totals(self) -> dict[str, int]: ...
+
+    async def returned_totals(self) -> dict[tuple[str, str], int]: ...
+
 
 class WebStore(SubscriberStore, MetricsStore, Protocol):
     """The sign-up, confirm and unsubscribe endpoints, the archive and /metrics."""

@@ -1,0 +1,140 @@
+"""`mailer status`: each newsletter's schedule and last send, every send's progress and
+bounce and complaint rates, and what needs a look (paused sends, failures, rates past the
+thresholds mailbox providers publish)."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from rich import box
+from rich.table import Column, Table
+
+from mailer.bounces import Level, ReturnRates
+from mailer.bounces.rates import (
+    BOUNCE_ALARM,
+    BOUNCE_WARNING,
+    COMPLAINT_ALARM,
+    COMPLAINT_WARNING,
+)
+from mailer.cli.common import now, open_store, out, run_async
+from mailer.cli.ports import StatusStore
+from mailer.config import Config
+from mailer.rows import DeliveryCounts, SendRow
+from mailer.schedule import describe, next_fire_time
+from mailer.states import SendStatus, utcnow
+
+_STYLE = {Level.OK: "", Level.WARNING: "yellow", Level.ALARM: "bold red"}
+
+
+def show(cfg: Config, newsletter: str | None) -> None:
+    """Print the status of `newsletter` (None: every newsletter)."""
+    if newsletter:
+        cfg.newsletter(newsletter)
+
+    async def go() -> tuple[Table, Table, list[str]]:
+        async with open_store(cfg) as store:
+            return (await _schedules(cfg, store, newsletter), await _sends(store, newsletter),
+                    await _problems(cfg, store, newsletter))
+
+    schedule_table, sends_table, notes = run_async(go())
+    out.print(schedule_table)
+    out.print(sends_table)
+    for line in notes:
+        out.print(line, highlight=False, markup=False, soft_wrap=True)
+
+
+async def _schedules(cfg: Config, store: StatusStore, newsletter: str | None) -> Table:
+    shown = [cfg.newsletter(newsletter)] if newsletter else list(cfg.newsletters.values())
+    table = Table(Column("newsletter", no_wrap=True), "schedule",
+                  Column("next run", no_wrap=True), Column("last send", no_wrap=True),
+                  "state", "sent", "failed", "open", box=box.SIMPLE_HEAD, pad_edge=False,
+                  collapse_padding=True)
+    for n in shown:
+        spec = n.schedule
+        upcoming = next_fire_time(spec, after=now(cfg)) if spec else None
+        row = [n.id, describe(spec) if spec else "none (send-now only)",
+               f"{upcoming:%Y-%m-%d %H:%M %Z}" if upcoming else "-"]
+        last = await store.latest_send(n.id)
+        if last is None:
+            table.add_row(*row, "never", "", "", "", "")
+            continue
+        c = DeliveryCounts.of(await store.delivery_counts(last.id))
+        table.add_row(*row, f"{last.slug} ({last.created_at:%Y-%m-%d %H:%M} UTC)",
+                      last.status.value, str(c.sent), str(c.failed), str(c.open))
+    return table
+
+
+async def _sends(store: StatusStore, newsletter: str | None) -> Table:
+    # "possible dup.": resent once after a cut with no reply (the reader may have two).
+    # hard/soft/compl.: returned messages of the send per message sent, coloured past the
+    # providers' thresholds (mailer.bounces.rates).
+    table = Table(Column("issue", no_wrap=True), "state", "sent", "failed", "open",
+                  "unknown", "skipped", "possible dup.", "hard", "soft", "compl.",
+                  Column("started (UTC)", no_wrap=True),
+                  box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
+    for send in await store.sends(newsletter):
+        c = DeliveryCounts.of(await store.delivery_counts(send.id))
+        dups = await store.possible_duplicates(send.id)
+        r = await _rates(store, send, c)
+        table.add_row(f"{send.newsletter}/{send.slug}", send.status.value, str(c.sent),
+                      str(c.failed), str(c.open), str(c.unknown), str(c.skipped), str(dups),
+                      _percent(r.rate(r.hard), r.hard_level), _percent(r.rate(r.soft)),
+                      _percent(r.rate(r.complaints), r.complaint_level, digits=2),
+                      f"{send.created_at:%Y-%m-%d %H:%M}")
+    return table
+
+
+async def _problems(cfg: Config, store: StatusStore, newsletter: str | None) -> list[str]:
+    """Why unfinished sends wait, their current rate, the failures with replies, and rates
+    of bounces and complaints past what mailbox providers accept."""
+    lines = []
+    for send in await store.sends(newsletter):
+        name = f"{send.newsletter}/{send.slug}"
+        if send.status == SendStatus.PAUSED:
+            lines.append(f"{name} is paused: {send.pause_reason}; "
+                         f"`mailer send-now {send.newsletter}` goes on with it")
+        elif send.status == SendStatus.SENDING:
+            minute = await store.sent_since(send.id, utcnow() - timedelta(minutes=1))
+            lines.append(f"{name} is sending: {minute / 60:.1f} messages/s "
+                         "over the last minute")
+        carried = await store.relay_counts(send.id)
+        if len(carried) > 1 or len(cfg.settings.smtp_urls) > 1:
+            lines.append(f"{name} went through " + ", ".join(
+                f"{relay}: {n} message(s)" for relay, n in carried.items()))
+        for email, _, reply in await store.failures(send.id, limit=10):
+            lines.append(f"  failed {email}: {reply}")  # the reply starts with its code
+        for email, kind, reply in await store.bounced_later(send.id, limit=10):
+            lines.append(f"  bounced later ({kind}) {email}: {reply}")
+        lines += _rate_notes(name, await _rates(
+            store, send, DeliveryCounts.of(await store.delivery_counts(send.id))))
+    return lines
+
+
+def _rate_notes(name: str, r: ReturnRates) -> list[str]:
+    lines = []
+    if r.complaint_level != Level.OK:
+        limit = COMPLAINT_ALARM if r.complaint_level == Level.ALARM else COMPLAINT_WARNING
+        lines.append(f"{name}: {r.complaints} complaint(s), {r.rate(r.complaints):.2%} of "
+                     f"{r.sent} sent, at or past {limit:.1%} (Gmail and Yahoo: stay below "
+                     f"{COMPLAINT_WARNING:.1%}, never reach {COMPLAINT_ALARM:.1%})")
+    if r.hard_level != Level.OK:
+        limit = BOUNCE_ALARM if r.hard_level == Level.ALARM else BOUNCE_WARNING
+        lines.append(f"{name}: {r.hard} hard bounce(s), {r.rate(r.hard):.1%} of {r.sent} "
+                     f"sent, at or past {limit:.0%} (senders are asked to stay below "
+                     f"{BOUNCE_WARNING:.0%}; Amazon SES reviews accounts at "
+                     f"{BOUNCE_ALARM:.0%}): is the list old or bought?")
+    if r.policy:
+        lines.append(f"{name}: {r.policy} refused by the receiver's policy (5.7.x: "
+                     "reputation, authentication or content), counted against the send")
+    return lines
+
+
+async def _rates(store: StatusStore, send: SendRow, counts: DeliveryCounts) -> ReturnRates:
+    # A delivery that bounced later stays `sent` (the relay took it): the rate's base.
+    return ReturnRates.of(await store.return_counts(send.id), sent=counts.sent)
+
+
+def _percent(rate: float, level: Level = Level.OK, *, digits: int = 1) -> str:
+    text = f"{rate:.{digits}%}" if rate else "-"
+    style = _STYLE[level]
+    return f"[{style}]{text}[/{style}]" if style else text
