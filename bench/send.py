@@ -1,6 +1,11 @@
 """How fast does `mailer` send? Side by side with Postfix's smtp-source and a bare aiosmtplib loop.
 
-Usage: .venv/bin/python bench/send.py [--subscribers 100000] [--skip-postgres]
+Usage: .venv/bin/python bench/send.py [--subscribers 100000] [--skip-postgres] [--fields]
+
+--fields also sends an issue using three personal fields (name, email and a `city` attribute,
+in the subject and the body) to the same list, alternating with the plain issue (--rounds
+times each, 2 by default): the cost of splicing each reader's values in, from one run on one
+machine. On a shared machine the spread between rounds can exceed the cost: add rounds.
 
 Needs the project's test extras (scripts/setup test) and Postfix's smtp-sink and smtp-source:
     apt-get install postfix    (choose "No configuration": no mail daemon starts)
@@ -94,10 +99,31 @@ def start_sink(port: int) -> subprocess.Popen[bytes]:
     sys.exit("smtp-sink did not start")
 
 
-def make_project(root: Path, *, port: int, database_url: str, subscribers: int) -> dict[str, str]:
-    """A project folder with the sample issue and `subscribers` confirmed subscribers."""
+# Three personal fields, in the subject and the opening line of the sample issue.
+FIELDS_SUBJECT = 'subject: "Issue #01 for {{ subscriber.name | default(\\"you\\") }}: small models"'
+FIELDS_LINE = ('Hello {{ subscriber.name | default("there") }} in '
+               '{{ subscriber.attributes.city | default("your city") }} '
+               '(sent to {{ subscriber.email }}).\n\n')
+CITIES = ("Oslo", "Zürich", "São Paulo", "Kraków", "Lyon", "")
+
+
+def with_fields(issues: Path) -> None:
+    """Make the sample issue in `issues` greet each reader with three personal fields."""
+    for path in issues.glob("*.md"):
+        head, _, body = path.read_text(encoding="utf-8").partition("\n---\n")
+        head = "\n".join(FIELDS_SUBJECT if line.startswith("subject:") else line
+                         for line in head.splitlines())
+        path.write_text(f"{head}\n---\n{FIELDS_LINE}{body}", encoding="utf-8")
+
+
+def make_project(root: Path, *, port: int, database_url: str, subscribers: int,
+                 fields: bool = False, cities: bool = False) -> dict[str, str]:
+    """A project folder with the sample issue (with personal fields if `fields`) and
+    `subscribers` confirmed subscribers (with a city attribute if `cities`)."""
     (root / "content").mkdir(parents=True)
     shutil.copytree(REPO / "content" / "ml-issues", root / "content" / "ml-issues")
+    if fields:
+        with_fields(root / "content" / "ml-issues")
     (root / "schedules.yaml").write_text(textwrap.dedent(f"""\
         settings:
           database_url: {database_url}
@@ -112,9 +138,10 @@ def make_project(root: Path, *, port: int, database_url: str, subscribers: int) 
         """), encoding="utf-8")
     csv = root / "subscribers.csv"
     with csv.open("w", encoding="utf-8") as out:  # line by line: see own_peak_rss_mb()
-        out.write("email,name\n")
+        out.write("email,name,city\n" if cities else "email,name\n")
         for i in range(subscribers):
-            out.write(f"reader{i}@example.com,Reader {i}\n")
+            city = f",{CITIES[i % len(CITIES)]}" if cities else ""
+            out.write(f"reader{i}@example.com,Reader {i}{city}\n")
     env = {**os.environ, "MAILER_SECRET_KEY": "bench-key", "MAILER_CONFIG":
            str(root / "schedules.yaml")}
     subprocess.run([*MAILER, "subscribers", "import", str(csv), "--list", "ml-issues",
@@ -155,6 +182,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--subscribers", type=int, default=100_000)
     parser.add_argument("--skip-postgres", action="store_true")
+    parser.add_argument("--fields", action="store_true",
+                        help="also send an issue with three personal fields, and compare")
+    parser.add_argument("--rounds", type=int, default=2,
+                        help="with --fields: how many times each issue is sent, alternating")
     args = parser.parse_args()
     if not (SINK.exists() and SOURCE.exists()):
         sys.exit("bench/send.py needs Postfix's smtp-sink and smtp-source: "
@@ -192,12 +223,30 @@ def main() -> None:
             run.note = (f"first message after "
                         f"{first_message_delay(root / 'var' / 'mailer.db', started):.2f} s")
             runs.append(run)
+            if args.fields:
+                runs += field_runs(Path(tmp), port=port, subscribers=n, rounds=args.rounds)
             if not args.skip_postgres:
                 runs += postgres_runs(Path(tmp), port=port, subscribers=n)
     finally:
         sink.terminate()
         sink.wait()
     report(runs)
+
+
+def field_runs(tmp: Path, *, port: int, subscribers: int, rounds: int) -> list[Run]:
+    """The plain issue and the one with three personal fields, to the same list (with a
+    city each), `rounds` times each in the order ABBA…: a machine that slows down or
+    speeds up during the run weighs on both alike."""
+    runs = []
+    for round_ in range(1, rounds + 1):
+        for fields in ((False, True) if round_ % 2 else (True, False)):
+            root = tmp / f"fields-{fields}-{round_}"
+            env = make_project(root, port=port, database_url="sqlite:///var/mailer.db",
+                               subscribers=subscribers, fields=fields, cities=True)
+            label = "3 personal fields" if fields else "no fields"
+            runs.append(measured(f"send-now, SQLite, {label} #{round_}", subscribers,
+                                 [*MAILER, "send-now", "ml-issues", "--yes"], env=env, cwd=root))
+    return runs
 
 
 def postgres_runs(tmp: Path, *, port: int, subscribers: int) -> list[Run]:
@@ -238,6 +287,12 @@ def report(runs: list[Run]) -> None:
     bare, ours = by_name.get("bare aiosmtplib loop"), by_name.get("mailer send-now, SQLite")
     if bare and ours:
         print(f"\nmailer send-now / bare aiosmtplib loop: {ours.rate / bare.rate:.2f}")
+    plain = [run.rate for run in runs if "no fields" in run.name]
+    fields = [run.rate for run in runs if "personal fields" in run.name]
+    if plain and fields:
+        cost = 1 - (sum(fields) / len(fields)) / (sum(plain) / len(plain))
+        print(f"three personal fields cost {cost:.1%} of the throughput "
+              f"(mean of {len(fields)} runs each, alternating)")
 
 
 if __name__ == "__main__":

@@ -142,6 +142,25 @@ def mailbox_header(header: str, name: str, address: str, /, *, name_field: str,
                          address)
 
 
+def text_header(header: str, text: str, /, *, field: str) -> str:
+    """The line `Header: text` (CRLF, folded at 78) of an unstructured header (a Subject):
+    printable ASCII words as they are, anything else, and any "=?", as RFC 2047 'B' words,
+    so what a reader decodes is `text` and never a header of its own.
+
+    Raises:
+        InputError: a line break in `text`.
+    """
+    _one_line(text, field)
+    prefix = f"{header}: "
+    if not text:
+        return prefix.rstrip() + "\r\n"
+    if "=?" not in text and text == text.strip() and _PRINTABLE.fullmatch(text):
+        lines = _fold(prefix, text.split(" "))
+        if max(map(len, lines)) <= _LINE:
+            return "\r\n".join(lines) + "\r\n"
+    return "\r\n".join(_fold(prefix, _encoded_words(text, _LINE - len(prefix), field))) + "\r\n"
+
+
 def _fold(prefix: str, words: list[str]) -> list[str]:
     # Folding at a space keeps it (RFC 5322 §2.2.3: unfolding removes only the CRLF); an
     # empty word (two spaces) is never folded before, so no line is white space only.

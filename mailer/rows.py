@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
+from typing import NamedTuple
 
 from mailer.states import DeliveryStatus, SendStatus, SubscriptionStatus
 
@@ -21,6 +22,8 @@ class Recipient:
     # The connection was cut after this delivery's whole message once already, and it was
     # resent: a second cut makes it unknown, never a third copy.
     possible_duplicate: bool = False
+    # The subscriber's attributes as they are at the claim (personal fields read them).
+    attributes: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +60,14 @@ class QuotaUse:
     oldest: datetime | None  # when the oldest counted message was sent (None: only held rows)
 
 
+class ImportRow(NamedTuple):
+    """One subscriber of an import file: address, name and attributes (no empty values)."""
+
+    email: str
+    name: str
+    attributes: Mapping[str, str]
+
+
 @dataclass(frozen=True, slots=True)
 class SubscriberRow:
     """One subscriber of a newsletter as `subscribers list` and the export show it."""
@@ -66,6 +77,7 @@ class SubscriberRow:
     status: SubscriptionStatus
     created_at: datetime
     confirmed_at: datetime | None
+    attributes: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -242,3 +254,29 @@ class ReturnedRow:
     reason: str
     newsletter: str | None
     slug: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class PersonRow:
+    """A subscriber as their own manage page shows them: who, and every subscription."""
+
+    subscriber_id: int
+    email: str
+    name: str
+    attributes: Mapping[str, str]
+    created_at: datetime
+    subscriptions: tuple[SubscriptionRow, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class PersonDelivery:
+    """One issue that went (or was to go) to a subscriber, for their "download my data"."""
+
+    newsletter: str
+    issue: str  # the slug
+    subject: str
+    status: DeliveryStatus
+    queued_at: datetime
+    sent_at: datetime | None
+    returned_kind: str | None
+    returned_at: datetime | None

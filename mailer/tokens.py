@@ -1,4 +1,5 @@
-"""Signed, purpose-bound tokens for confirm and unsubscribe links (itsdangerous, HMAC-SHA256)."""
+"""Signed, purpose-bound tokens for confirm, unsubscribe and manage links (itsdangerous,
+HMAC-SHA256)."""
 
 from __future__ import annotations
 
@@ -16,18 +17,23 @@ from itsdangerous.encoding import base64_decode, base64_encode
 from mailer.errors import TokenError
 
 # The salt binds a token to its purpose: a confirm token never works as an unsubscribe
-# token and the other way round, even though both sign a subscription id.
+# or manage token and the other way round, even though all of them sign a subscription id.
 _CONFIRM = "mailer.confirm.v1"
 _UNSUBSCRIBE = "mailer.unsubscribe.v1"
+_MANAGE = "mailer.manage.v1"
 _SIGNER = {"digest_method": hashlib.sha256}
 # payload.signature or payload.timestamp.signature, in the URL-safe alphabet only.
 _SHAPE = re.compile(r"[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+){1,2}")
 
 
-@functools.lru_cache(maxsize=4)
+@functools.lru_cache(maxsize=8)
+def _serializer(secret_key: str, salt: str) -> URLSafeSerializer:
+    # Built once per key, not once per recipient: a send signs tokens for every message.
+    return URLSafeSerializer(secret_key, salt=salt, signer_kwargs=_SIGNER)
+
+
 def _unsubscribe_serializer(secret_key: str) -> URLSafeSerializer:
-    # Built once per key, not once per recipient: a send signs a token for every message.
-    return URLSafeSerializer(secret_key, salt=_UNSUBSCRIBE, signer_kwargs=_SIGNER)
+    return _serializer(secret_key, _UNSUBSCRIBE)
 
 
 @functools.lru_cache(maxsize=4)
@@ -50,28 +56,59 @@ def _canonical(token: str, error: str) -> str:
     return token
 
 
-@functools.lru_cache(maxsize=4)
-def _unsubscribe_mac(secret_key: str) -> hmac.HMAC:
-    return hmac.new(_unsubscribe_serializer(secret_key).make_signer().derive_key(),
+@functools.lru_cache(maxsize=8)
+def _mac(secret_key: str, salt: str) -> hmac.HMAC:
+    return hmac.new(_serializer(secret_key, salt).make_signer().derive_key(),
                     digestmod=hashlib.sha256)
+
+
+def _signed_id(secret_key: str, salt: str, subscription_id: int) -> str:
+    # Exactly what `URLSafeSerializer.dumps(subscription_id)` makes (a test compares them),
+    # with itsdangerous's per-call work (key derivation, JSON, the zlib trial) done once per
+    # key: a send signs tokens for every message, and dumps() cost 8% of the sender's CPU.
+    digits = str(int(subscription_id)).encode("ascii")  # the JSON of an int
+    if len(digits) > 9:
+        # dumps() zlib-compresses a payload when that saves two bytes or more; zlib's own
+        # header and checksum (6 bytes) plus a block make that impossible up to 9 bytes.
+        return str(_serializer(secret_key, salt).dumps(subscription_id))
+    payload = base64_encode(digits)
+    mac = _mac(secret_key, salt).copy()
+    mac.update(payload)
+    return (payload + b"." + base64_encode(mac.digest())).decode("ascii")
 
 
 def unsubscribe_token(secret_key: str, subscription_id: int) -> str:
     """The token in a subscriber's unsubscribe link; it never expires (old issues keep working).
 
-    Exactly what `URLSafeSerializer.dumps(subscription_id)` makes (a test compares them),
-    with itsdangerous's per-call work (key derivation, JSON, the zlib trial) done once per
-    key: a send signs one token per message, and dumps() cost 8% of the sender's CPU.
+    Exactly what `URLSafeSerializer.dumps(subscription_id)` makes, built once per key.
     """
-    digits = str(int(subscription_id)).encode("ascii")  # the JSON of an int
-    if len(digits) > 9:
-        # dumps() zlib-compresses a payload when that saves two bytes or more; zlib's own
-        # header and checksum (6 bytes) plus a block make that impossible up to 9 bytes.
-        return str(_unsubscribe_serializer(secret_key).dumps(subscription_id))
-    payload = base64_encode(digits)
-    mac = _unsubscribe_mac(secret_key).copy()
-    mac.update(payload)
-    return (payload + b"." + base64_encode(mac.digest())).decode("ascii")
+    return _signed_id(secret_key, _UNSUBSCRIBE, subscription_id)
+
+
+def manage_token(secret_key: str, subscription_id: int) -> str:
+    """The token in a subscriber's manage-my-subscriptions link (GET /manage/{token}).
+
+    It signs the subscription the email went out for, and through it its subscriber; it
+    never expires, like the unsubscribe link, and dies with the subscription (an erased
+    address has none, and ids are never reused).
+    """
+    return _signed_id(secret_key, _MANAGE, subscription_id)
+
+
+def read_manage_token(secret_key: str, token: str) -> int:
+    """The subscription id a manage token was made for.
+
+    Raises:
+        TokenError: the token was not made with this key for the manage page.
+    """
+    token = _canonical(token, "this link to your subscription page is not valid")
+    try:
+        value = _serializer(secret_key, _MANAGE).loads(token)
+    except BadData:
+        raise TokenError("this link to your subscription page is not valid") from None
+    if not _is_int(value):
+        raise TokenError("this link to your subscription page is not valid")
+    return value
 
 
 def read_unsubscribe_token(secret_key: str, token: str) -> int:

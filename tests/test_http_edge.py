@@ -264,6 +264,7 @@ async def test_a_path_with_a_trailing_slash_gets_404_and_no_redirect(
 # Every path of the routes table, with the methods it takes.
 ALLOWED = {"/subscribe/ml-issues": "GET, HEAD, POST", "/confirm/abc": "GET, HEAD, POST",
            "/unsubscribe/abc": "GET, HEAD, POST", "/resubscribe/abc": "POST",
+           "/manage/abc": "GET, HEAD, POST",
            "/issues/ml-issues": "GET, HEAD", "/issues/ml-issues/x": "GET, HEAD",
            "/healthz": "GET, HEAD", "/metrics": "GET, HEAD", "/webhooks/ses": "POST",
            "/webhooks/postmark": "POST", "/webhooks/mailgun": "POST"}

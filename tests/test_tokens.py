@@ -45,8 +45,9 @@ KINDS: list[tuple[Make, Read]] = [
     (tokens.unsubscribe_token, tokens.read_unsubscribe_token),
     (tokens.confirm_token, read_confirm),
     (confirm_token_of_generation_3, read_confirm),
+    (tokens.manage_token, tokens.read_manage_token),
 ]
-KIND_IDS = ["unsubscribe", "confirm", "confirm-generation"]
+KIND_IDS = ["unsubscribe", "confirm", "confirm-generation", "manage"]
 kinds = pytest.mark.parametrize(("make", "read"), KINDS, ids=KIND_IDS)
 
 
@@ -312,3 +313,28 @@ def test_unsubscribe_tokens_are_exactly_what_itsdangerous_makes(key: str,
                                    signer_kwargs={"digest_method": hashlib.sha256})
     assert made == serializer.dumps(subscription_id)
     assert tokens.read_unsubscribe_token(key, made) == subscription_id
+
+
+@settings(max_examples=100)
+@given(key=st.text(st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=64),
+       subscription_id=st.integers(0, 2**31 - 1))
+def test_manage_tokens_are_exactly_what_itsdangerous_makes(key: str, subscription_id: int
+                                                           ) -> None:
+    made = tokens.manage_token(key, subscription_id)
+    serializer = URLSafeSerializer(key, salt="mailer.manage.v1",
+                                   signer_kwargs={"digest_method": hashlib.sha256})
+    assert made == serializer.dumps(subscription_id)
+    assert tokens.read_manage_token(key, made) == subscription_id
+
+
+@pytest.mark.parametrize("other", [tokens.unsubscribe_token, tokens.confirm_token])
+def test_a_manage_token_and_the_other_purposes_tokens_are_never_taken_for_each_other(
+    other: Make,
+) -> None:
+    with pytest.raises(TokenError):
+        tokens.read_manage_token(KEY, other(KEY, 42))
+    manage = tokens.manage_token(KEY, 42)
+    with pytest.raises(TokenError):
+        tokens.read_unsubscribe_token(KEY, manage)
+    with pytest.raises(TokenError):
+        tokens.read_confirm_token(KEY, manage, max_age=timedelta(days=7))

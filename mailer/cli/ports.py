@@ -4,13 +4,14 @@ where the store defines it)."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Protocol
 
 from mailer.rows import SendRow, SubscriberRow
 from mailer.states import DeliveryStatus, SubscriptionStatus
 from mailer.subscriptions import SubscriberStore
+from mailer.subscriptions.manage import ErasedStore
 
 
 class StatusStore(Protocol):
@@ -37,11 +38,15 @@ class StatusStore(Protocol):
     async def return_counts(self, send_id: int) -> dict[str, int]: ...
 
 
-class ListStore(SubscriberStore, Protocol):
+class ListStore(SubscriberStore, ErasedStore, Protocol):
     """`mailer subscribers …`: add, import, export, list and remove."""
 
-    async def import_subscribers(self, rows: Iterable[tuple[str, str]], *, newsletter: str,
-                                 confirmed: bool) -> int: ...
+    async def import_subscribers(
+        self, rows: Iterable[tuple[str, str] | tuple[str, str, Mapping[str, str]]], *,
+        newsletter: str, confirmed: bool) -> int: ...
+
+    async def attribute_keys(self, *, newsletter: str,
+                             status: SubscriptionStatus | None = None) -> list[str]: ...
 
     def subscribers(self, *, newsletter: str, status: SubscriptionStatus | None = None
                     ) -> AsyncIterator[SubscriberRow]: ...

@@ -17,7 +17,9 @@ from mailer.cli.ports import ListStore
 from mailer.config import Config
 from mailer.errors import InputError
 from mailer.states import SubscriptionStatus
+from mailer.subscriptions import attributes as attrs
 from mailer.subscriptions import csvcells
+from mailer.subscriptions.manage import refuse_erased
 
 app = typer.Typer(no_args_is_help=True, help="Add, import, export and remove subscribers.")
 
@@ -35,17 +37,24 @@ def _list_store(cfg: Config) -> AbstractAsyncContextManager[ListStore]:
 def subscribers_add(
     email: str, list_: ListOpt,
     name: Annotated[str, typer.Option(help="display name")] = "",
+    attr: Annotated[list[str] | None, typer.Option(
+        "--attr", metavar="KEY=VALUE",
+        help="an attribute for personal fields (repeatable); fills one the address lacks")
+    ] = None,
     confirmed: Annotated[bool, typer.Option(
         "--confirmed", help="skip double opt-in (only for people who already agreed)")] = False,
 ) -> None:
     """Add one subscriber (pending, with a confirmation email, unless --confirmed)."""
     cfg = state.config()
     newsletter = cfg.newsletter(list_)
+    attributes = attrs.parse_options(attr or [])
 
     async def go() -> str:
         async with _list_store(cfg) as store:
+            if confirmed:
+                await refuse_erased(cfg, store, [email])
             return await subscriptions.add(cfg, store, newsletter, email, name=name,
-                                           confirmed=confirmed)
+                                           confirmed=confirmed, attributes=attributes)
 
     out.print(run_async(go()), highlight=False)
 
@@ -56,13 +65,16 @@ def subscribers_import(
     file: Path, list_: ListOpt,
     confirmed: Annotated[bool, typer.Option("--confirmed")] = False,
 ) -> None:
-    """Import a CSV (email[,name], or an export); a bad row stops it and nothing is stored."""
+    """Import a CSV (email[,name[,KEY…]], or an export; columns after the name are attributes
+    named by the header); a bad row stops it and nothing is stored."""
     cfg = state.config()
     newsletter = cfg.newsletter(list_)
-    rows = subscriptions.read_csv(file, confirmed=confirmed)
+    rows = subscriptions.read_import(file, confirmed=confirmed)
 
     async def go() -> int:
         async with _list_store(cfg) as store:
+            if confirmed:
+                await refuse_erased(cfg, store, (row.email for row in rows), file=file)
             return await store.import_subscribers(rows, newsletter=newsletter.id,
                                                   confirmed=confirmed)
 
@@ -93,14 +105,17 @@ def subscribers_export(
 
     async def go() -> None:
         async with _list_store(cfg) as store:
+            # Every attribute key is a column, sorted; `subscribers import` reads them back.
+            keys = await store.attribute_keys(newsletter=newsletter.id, status=wanted)
             writer = csv.writer(sys.stdout, lineterminator="\n")
-            writer.writerow(csvcells.EXPORT_HEADER)
+            writer.writerow([*csvcells.EXPORT_HEADER, *keys])
             async for row in store.subscribers(newsletter=newsletter.id, status=wanted):
                 # Names come from the public form: a `=HYPERLINK(…)` must reach a
                 # spreadsheet as text (`'=…`); `subscribers import` takes the quote off.
                 writer.writerow(csvcells.escape_row([
                     row.email, row.name, row.status.value, row.created_at.isoformat(),
-                    row.confirmed_at.isoformat() if row.confirmed_at else ""]))
+                    row.confirmed_at.isoformat() if row.confirmed_at else "",
+                    *attrs.as_columns(row.attributes, keys)]))
 
     run_async(go())
 

@@ -11,6 +11,7 @@ from typing import Any, Literal
 
 from mailer.addresses import LINE_BREAKS
 from mailer.config.yamlfile import line_of, load_yaml
+from mailer.content import fields
 from mailer.errors import ContentError
 
 KEYS = ("subject", "status", "send_after", "preheader")
@@ -33,6 +34,18 @@ class Issue:
     send_after: datetime | None
     preheader: str
     body: str
+    # Where the body and the front-matter values start in the file, for the line of a
+    # personal field (see fields.uses).
+    body_line: int = 1
+    subject_line: int = 1
+    preheader_line: int = 1
+
+    def field_uses(self) -> list[fields.FieldUse]:
+        """Every personal field the subject, preheader and body name, with its line."""
+        file = str(self.path)
+        return [*fields.uses(self.subject, file=file, first_line=self.subject_line),
+                *fields.uses(self.preheader, file=file, first_line=self.preheader_line),
+                *fields.uses(self.body, file=file, first_line=self.body_line)]
 
 
 def parse_issue(text: str, *, path: Path, tz: tzinfo = UTC) -> Issue:
@@ -42,6 +55,10 @@ def parse_issue(text: str, *, path: Path, tz: tzinfo = UTC) -> Issue:
     default is `draft`, so an issue is never sent because a line was forgotten),
     `send_after` (a date means 00:00 in `tz`; a date and time without offset is in `tz`)
     and `preheader` (optional inbox preview text).
+
+    The subject, preheader and body may hold personal fields (mailer.content.fields) and
+    nothing else of a template: anything else between `{{ }}`, and any `{%` or `{#`, is
+    refused here, so a broken issue stops at load, before any render.
 
     Raises:
         ContentError: naming the file, the line and the front-matter key.
@@ -73,15 +90,22 @@ def parse_issue(text: str, *, path: Path, tz: tzinfo = UTC) -> Issue:
     def fail(key: str, message: str) -> ContentError:
         return ContentError(message, file=file, line=line_of(key_lines, (key,)) or 1, field=key)
 
-    return Issue(
+    body = "\n".join(lines[end + 1:])
+    issue = Issue(
         slug=slug,
         path=Path(path),
         subject=_subject(data.get("subject"), fail),
         status=_status(data.get("status", "draft"), fail),
         send_after=_send_after(data.get("send_after"), tz, fail),
         preheader=_preheader(data.get("preheader"), fail),
-        body="\n".join(lines[end + 1:]).lstrip("\n"),
+        body=body.lstrip("\n"),
+        # Line end + 2 is the first after the closing '---'; stripped blank lines follow.
+        body_line=end + 2 + len(body) - len(body.lstrip("\n")),
+        subject_line=line_of(key_lines, ("subject",)) or 1,
+        preheader_line=line_of(key_lines, ("preheader",)) or 1,
     )
+    issue.field_uses()  # refuses anything in it that is not a personal field
+    return issue
 
 
 def _subject(value: Any, fail: _Fail) -> str:

@@ -9,6 +9,7 @@ from html.parser import HTMLParser
 
 from markdown_it.tree import SyntaxTreeNode
 
+from mailer.content import fields
 from mailer.content.markup import inline_text, parse, standalone_images
 
 TEXT_WIDTH = 72
@@ -35,17 +36,19 @@ def to_text(markdown: str, *, width: int = TEXT_WIDTH) -> str:
 
 def wrap(text: str, width: int = TEXT_WIDTH) -> list[str]:
     """Lines of at most `width` characters; runs of spaces collapse. A URL is never broken
-    (a broken URL cannot be clicked); any other word longer than a line is."""
+    (a broken URL cannot be clicked); any other word longer than a line is. A personal
+    field's marker counts as long as a typical value and is never broken."""
+    text, markers = fields.stand_ins(text)
     lines: list[str] = []
     for part in text.split("\n"):
         words = [piece for word in part.split() for piece in _pieces(word, width)]
         lines.extend(textwrap.wrap(" ".join(words), width=width, break_long_words=False,
                                    break_on_hyphens=False) or [""])  # fmt: skip
-    return lines
+    return [fields.restore(line, markers) for line in lines]
 
 
 def _pieces(word: str, width: int) -> list[str]:
-    if len(word) <= width or "://" in word:
+    if len(word) <= width or "://" in word or fields.has_stand_in(word):
         return [word]
     return [word[i:i + width] for i in range(0, len(word), width)]
 
@@ -234,7 +237,7 @@ def _code(content: str, width: int) -> str:
     for line in content.removesuffix("\n").expandtabs(4).splitlines():
         line = line.rstrip()
         indent = line[: len(line) - len(line.lstrip())][: width // 2]
-        while len(line) > width and "://" not in line:
+        while len(line) > width and "://" not in line and not fields.MARKER.search(line):
             room = width - len(_CONTINUED)
             space = line.rfind(" ", len(indent) + room // 2, room)
             cut = space + 1 if space > 0 else room

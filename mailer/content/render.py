@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import html
 import logging
 import re
 from pathlib import Path
@@ -14,13 +16,14 @@ import jinja2
 from markupsafe import Markup
 from mjml import mjml2html
 
-from mailer.content import colors, markup, plaintext
+from mailer.content import colors, fields, markup, plaintext
 from mailer.content.rendered import (
     GMAIL_CLIP_BYTES,
+    MANAGE_SLOT,
     UNSUBSCRIBE_SLOT,
     RenderedIssue,
 )
-from mailer.errors import RenderError
+from mailer.errors import ContentError, RenderError
 
 if TYPE_CHECKING:
     from mailer.config import Newsletter, Settings
@@ -35,6 +38,8 @@ CONFIRM_TEMPLATE = "confirm.mjml.j2"
 _EMAIL_ONLY = re.compile(
     r"<!--\s*mailer:email-only\s*-->.*?<!--\s*/mailer:email-only\s*-->", re.DOTALL
 )
+# A personal field's marker at the very start of a link's or an image's address.
+_FIELD_AS_URL = re.compile(r"""\b(?:href|src)\s*=\s*["']?\s*""" + fields.MARKER_PATTERN)
 # Templates take `lang` and `dir`; a newsletter has no language setting, so it is English.
 _LANGUAGE = {"lang": "en", "dir": "ltr"}
 
@@ -42,11 +47,14 @@ _LANGUAGE = {"lang": "en", "dir": "ltr"}
 def render_issue(
     issue: Issue, newsletter: Newsletter, settings: Settings, *, templates_dir: Path
 ) -> RenderedIssue:
-    """Render an issue's HTML and text parts, leaving `UNSUBSCRIBE_SLOT` for `personalize`.
+    """Render an issue's HTML and text parts, leaving `UNSUBSCRIBE_SLOT` and the markers of
+    its personal fields (in the subject too) for `personalize`.
 
     Raises:
+        ContentError: the issue holds template syntax that is not a personal field.
         RenderError: the template is missing or broken, or MJML refuses its output.
     """
+    issue = _marked(issue)
     source = render_issue_mjml(issue, newsletter, settings, templates_dir=templates_dir)
     page = _mjml_to_html(source, template=templates_dir / newsletter.template)
     web_url = issue_web_url(issue, newsletter, settings)
@@ -76,11 +84,18 @@ def render_issue_mjml(
     """The MJML source of an issue email, before mjml2html (`mailer preview --format mjml`).
 
     Raises:
+        ContentError: the issue holds template syntax that is not a personal field.
         RenderError: the template is missing or broken.
     """
+    issue = _marked(issue)
     palette = colors.palette(newsletter.accent_color)
     body = markup.to_mjml(issue.body, accent_color=palette.text,
                           allow_html=newsletter.allow_html)
+    if _FIELD_AS_URL.search(body):
+        # The value would be the whole address: a reader named "javascript:…" would get
+        # that link. After a fixed "https://…/" part a value only changes the path.
+        raise ContentError("a personal field cannot be a whole link or image address; "
+                           "start the address with https://…", file=str(issue.path))
     return _render_template(
         templates_dir,
         newsletter.template,
@@ -95,6 +110,7 @@ def render_issue_mjml(
         body=Markup(body),  # markup.to_mjml escaped everything from the issue
         web_url=issue_web_url(issue, newsletter, settings),
         unsubscribe_url=UNSUBSCRIBE_SLOT,
+        manage_url=MANAGE_SLOT,
         postal_address=settings.postal_address,
     )
 
@@ -105,10 +121,12 @@ def issue_web_url(issue: Issue, newsletter: Newsletter, settings: Settings) -> s
 
 
 def render_web_view(rendered: RenderedIssue) -> str:
-    """The issue's HTML for the public archive, without anyone's unsubscribe link."""
-    page = _EMAIL_ONLY.sub("", rendered.html)
+    """The issue's HTML for the public archive, without anyone's unsubscribe link or
+    personal values (each field shows its default)."""
+    page = fields.fill(_EMAIL_ONLY.sub("", rendered.html),
+                       lambda field: html.escape(field.default or "", quote=True))
     # A custom template may use the slot outside the markers: leave a link that goes nowhere.
-    return page.replace(UNSUBSCRIBE_SLOT, "#")
+    return page.replace(UNSUBSCRIBE_SLOT, "#").replace(MANAGE_SLOT, "#")
 
 
 def render_confirm(
@@ -166,6 +184,21 @@ def render_confirm_mjml(
 # --- helpers --------------------------------------------------------------------------------
 
 
+def _marked(issue: Issue) -> Issue:
+    # The author's text reaches Jinja only as values (body as Markup of what markup.py
+    # escaped, subject and preheader autoescaped), never as template source: Jinja never
+    # evaluates it. Personal fields become markers here, before Markdown and MJML.
+    file = str(issue.path)
+    if fields.MARKER.search(issue.subject + issue.preheader + issue.body):
+        return issue  # marked already (render_issue calls render_issue_mjml)
+    return dataclasses.replace(
+        issue,
+        subject=fields.mark(issue.subject, file=file, first_line=issue.subject_line),
+        preheader=fields.mark(issue.preheader, file=file, first_line=issue.preheader_line),
+        body=fields.mark(issue.body, file=file, first_line=issue.body_line),
+    )
+
+
 def _confirm_subject(newsletter: Newsletter) -> str:
     return f"Confirm your subscription to {' '.join(newsletter.name.split())}"
 
@@ -182,6 +215,7 @@ def _issue_text(
             [
                 _fill(newsletter.footer_text),
                 f"Unsubscribe: {UNSUBSCRIBE_SLOT}",
+                f"Your subscriptions and data: {MANAGE_SLOT}",
                 f"View in your browser: {web_url}",
                 _fill(settings.postal_address),
             ]
@@ -201,7 +235,9 @@ def _fill(text: str) -> str:
 
 def _underline(title: str, mark: str) -> str:
     lines = _fill(title).splitlines() or [""]
-    return "\n".join([*lines, mark * min(max(len(line) for line in lines), plaintext.TEXT_WIDTH)])
+    # A personal field counts as long as a typical value, as in wrapping (fields.stand_ins).
+    width = max(len(fields.stand_ins(line)[0]) for line in lines)
+    return "\n".join([*lines, mark * min(width, plaintext.TEXT_WIDTH)])
 
 
 def _is_subject(heading: str | None, subject: str) -> bool:

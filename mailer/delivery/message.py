@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import html
 import random
-import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from email import quoprimime
 from email.header import Header
 from email.message import EmailMessage
 from email.policy import SMTP
@@ -15,8 +14,17 @@ from email.utils import format_datetime, make_msgid, parseaddr
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
-from mailer.addresses import LINE_BREAKS, mailbox_header
-from mailer.content.rendered import UNSUBSCRIBE_SLOT, RenderedIssue, personalize
+from mailer.addresses import LINE_BREAKS, mailbox_header, text_header
+from mailer.content.fields import body_value, one_line
+from mailer.content.rendered import (
+    MANAGE_SLOT,
+    SLOTS,
+    UNSUBSCRIBE_SLOT,
+    RenderedIssue,
+    personal_subject,
+    personalize,
+)
+from mailer.delivery.qp import dot_stuff, qp, qp_piece, qp_url, qp_value
 from mailer.errors import InputError
 
 if TYPE_CHECKING:
@@ -88,10 +96,12 @@ def _author_mailbox(header: str, value: str, field: str) -> str:
     return mailbox_header(header, name, address, name_field=field, address_field=field)
 
 
-def _shared_headers(msg: EmailMessage, letter: Letter) -> None:
+def _shared_headers(msg: EmailMessage, letter: Letter, *, subject: str | None) -> None:
+    # The headers every recipient shares; the Subject too unless it is personal (None).
     _set_line(msg, _author_mailbox("From", letter.sender, "from"))
-    subject = _no_newlines(letter.rendered.subject, "subject")
-    if subject.isascii() and "=?" not in subject:
+    if subject is None:
+        pass
+    elif (subject := _no_newlines(subject, "subject")).isascii() and "=?" not in subject:
         msg["Subject"] = subject
     else:
         # Header encodes the whole subject, so a "=?" in it reads back as text, not as an
@@ -113,10 +123,13 @@ def build_message(
     to_email: str,
     to_name: str = "",
     unsubscribe_url: str,
+    manage_url: str = "#",
     msg_id: str,
     date: datetime,
+    values: Mapping[str, str] | None = None,
 ) -> EmailMessage:
-    """The complete message for one recipient, built by the email package.
+    """The complete message for one recipient, built by the email package; `values` are
+    their personal fields' values by marker (Field.marker).
 
     The reference for `PreparedMessage.personalize`, which the sender uses; here for test
     copies and previews, where building one message slowly costs nothing.
@@ -130,8 +143,9 @@ def build_message(
     msg["Message-ID"] = _no_newlines(msg_id, "message_id")
     # Raw, as the fast path writes it: a URL is not text to decode RFC 2047 words from.
     msg.set_raw("List-Unsubscribe", f"<{_no_newlines(unsubscribe_url, 'unsubscribe_url')}>")
-    _shared_headers(msg, letter)
-    html, text = personalize(letter.rendered, unsubscribe_url=unsubscribe_url)
+    _shared_headers(msg, letter, subject=personal_subject(letter.rendered, values))
+    html, text = personalize(letter.rendered, unsubscribe_url=unsubscribe_url,
+                             manage_url=manage_url, values=values)
     msg.set_content(text, subtype="plain", charset="utf-8")
     msg.add_alternative(html, subtype="html", charset="utf-8")
     return msg
@@ -161,69 +175,31 @@ def build_notice(sender: str, /, *, to_email: str, subject: str, text: str, html
 # -- the fast path: encode once per issue, splice per recipient ---------------------------------
 
 _BOUNDARY_ALPHABET = "0123456789abcdefghijklmnopqrstuvwxyz"
-# RFC 2045 §6.7: encoded lines are at most 76 characters; one is kept for the soft break
-# ("=") that joins a piece to the recipient's URL spliced in after it.
-_QP_LINE = 75
-_LINE_STARTING_WITH_DOT = re.compile(rb"^\.", re.MULTILINE)
-
-
-def _qp(text: str) -> bytes:
-    """Quoted-printable body text with CRLF line ends and room for one trailing soft break."""
-    encoded = quoprimime.body_encode(text.encode("utf-8").decode("latin-1"),
-                                     maxlinelen=_QP_LINE, eol="\n")
-    return encoded.replace("\n", "\r\n").encode("ascii")
-
-
-def _qp_piece(text: str) -> bytes:
-    # A piece followed by a splice ends in a soft line break, so the spliced bytes start a
-    # line of their own and no line grows past 76 characters.
-    encoded = _qp(text)
-    return encoded if encoded.endswith(b"\r\n") or not encoded else encoded + b"=\r\n"
-
-
-def _qp_url(url: str) -> bytes:
-    """A URL as quoted-printable lines of at most 76 characters, ending in a soft break.
-
-    A line never starts with "." (it is written =2E), so the spliced bytes need no
-    SMTP dot-stuffing (RFC 5321 §4.5.2).
-    """
-    escaped = url.replace("=", "=3D")
-    lines, start = [], 0
-    width = _QP_LINE - 2  # room for a leading "." written as "=2E"
-    while start < len(escaped):
-        end = min(start + width, len(escaped))
-        # Never cut an "=XX" escape in two.
-        cut = escaped.rfind("=", end - 2, end)
-        if end < len(escaped) and cut > start:
-            end = cut
-        line = escaped[start:end]
-        lines.append("=2E" + line[1:] if line.startswith(".") else line)
-        start = end
-    return "".join(line + "=\r\n" for line in lines).encode("ascii")
-
-
-def _dot_stuff(piece: bytes) -> bytes:
-    # Every piece starts a line (see _qp_piece), so "^" is a line start here too.
-    return _LINE_STARTING_WITH_DOT.sub(b"..", piece)
+_Slot = tuple[str, bool]  # what goes there (a URL slot or a field marker), and in HTML?
 
 
 @dataclass(frozen=True)
 class PreparedMessage:
     """An issue's message rendered and MIME-encoded once; `personalize` splices one recipient in.
 
-    The recipient's parts (To, Date, Message-ID, List-Unsubscribe and the unsubscribe URL in
-    both bodies) are the only bytes made per message: the rest is shared, already in CRLF
-    form, so a send of 100,000 messages encodes the issue once, not 100,000 times.
+    The recipient's parts (To, Date, Message-ID, List-Unsubscribe, the unsubscribe and manage
+    URLs and the personal field values in both bodies, and a Subject holding fields) are the
+    only bytes made per message: the rest is shared, already in CRLF form, so a send of
+    100,000 messages encodes the issue once, not 100,000 times.
     """
 
     head: bytes  # the headers every recipient shares, CRLF-terminated
-    body_pieces: tuple[bytes, ...]  # the encoded body, cut where the unsubscribe URL goes
-    html_slots: tuple[bool, ...]  # per cut: the URL goes into HTML (escaped) or text
+    body_pieces: tuple[bytes, ...]  # the encoded body, cut at each slot
+    slots: tuple[_Slot, ...]  # per cut: what goes there, HTML-escaped or as text
     wire_pieces: tuple[bytes, ...]  # body_pieces dot-stuffed once for SMTP DATA
+    # A Subject with fields, cut at their markers (the odd items); () when it is shared.
+    subject_pieces: tuple[str, ...] = ()
 
     def personalize(self, *, to_email: str, to_name: str = "", unsubscribe_url: str,
-                    msg_id: str, date: datetime, wire: bool = False) -> bytes:
-        """The complete message bytes for one recipient.
+                    manage_url: str = "#", msg_id: str, date: datetime,
+                    values: Mapping[str, str] | None = None, wire: bool = False) -> bytes:
+        """The complete message bytes for one recipient; `values` are their personal
+        fields' values by marker (a marker without one is left empty).
 
         With `wire`, the bytes are already dot-stuffed as SMTP DATA wants them
         (`SmtpTransport.send(..., wire_ready=True)`), so no pass over them is needed.
@@ -234,18 +210,36 @@ class PreparedMessage:
         """
         pieces = self.wire_pieces if wire else self.body_pieces
         url = _no_newlines(unsubscribe_url, "unsubscribe_url")
-        html_url = _qp_url(html.escape(url, quote=True))
-        text_url = _qp_url(url)
+        manage = _no_newlines(manage_url, "manage_url")
+        # Encoded once per distinct slot: a field used three times is escaped once.
+        encoded: dict[_Slot, bytes] = {
+            (UNSUBSCRIBE_SLOT, True): qp_url(html.escape(url, quote=True)),
+            (UNSUBSCRIBE_SLOT, False): qp_url(url),
+            (MANAGE_SLOT, True): qp_url(html.escape(manage, quote=True)),
+            (MANAGE_SLOT, False): qp_url(manage),
+        }
+        own = values or {}
         out = [
             mailbox_header("To", to_name, to_email, name_field="name",
                            address_field="to").encode("ascii"),
             b"Date: ", format_datetime(date).encode("ascii"),
             b"\r\nMessage-ID: ", _no_newlines(msg_id, "message_id").encode("ascii"),
             b"\r\nList-Unsubscribe: <", url.encode("ascii"), b">\r\n",
-            self.head, b"\r\n", pieces[0],
         ]
-        for is_html, piece in zip(self.html_slots, pieces[1:], strict=True):
-            out.append(html_url if is_html else text_url)
+        if self.subject_pieces:
+            # Written by addresses.text_header: a value is text, never a header of its own.
+            subject = "".join(own.get(piece, "") if i % 2 else piece
+                              for i, piece in enumerate(self.subject_pieces))
+            out.append(text_header("Subject", one_line(subject),
+                                   field="subject").encode("ascii"))
+        out += [self.head, b"\r\n", pieces[0]]
+        for slot, piece in zip(self.slots, pieces[1:], strict=True):
+            data = encoded.get(slot)
+            if data is None:
+                value = body_value(own.get(slot[0], ""))
+                data = encoded[slot] = qp_value(html.escape(value, quote=True) if slot[1]
+                                                 else value)
+            out.append(data)
             out.append(piece)
         return b"".join(out)
 
@@ -256,29 +250,35 @@ def prepare_message(letter: Letter, /) -> PreparedMessage:
     Raises:
         InputError: a sender, reply-to or subject with a line break.
     """
+    rendered = letter.rendered
+    subject_pieces = SLOTS.split(rendered.subject)
+    personal = len(subject_pieces) > 1  # the Subject holds fields
     shared = EmailMessage(policy=_POLICY)
-    _shared_headers(shared, letter)
+    _shared_headers(shared, letter, subject=None if personal else rendered.subject)
     boundary = "===============" + "".join(random.choices(_BOUNDARY_ALPHABET, k=24)) + "=="
     shared["MIME-Version"] = "1.0"
     shared["Content-Type"] = f'multipart/alternative; boundary="{boundary}"'
     head = shared.as_bytes().split(b"\r\n\r\n", 1)[0] + b"\r\n"
     pieces: list[bytes] = []
-    slots: list[bool] = []
+    slots: list[_Slot] = []
     current = b""
-    parts = (("plain", letter.rendered.text, False), ("html", letter.rendered.html, True))
+    parts = (("plain", rendered.text, False), ("html", rendered.html, True))
     for subtype, content, is_html in parts:
         current += (f"--{boundary}\r\nContent-Type: text/{subtype}; charset=\"utf-8\"\r\n"
                     "Content-Transfer-Encoding: quoted-printable\r\n\r\n").encode("ascii")
+        # re.split keeps each slot between the segments, to say what goes there.
+        cut = SLOTS.split(content.replace("\r\n", "\n"))
+        segments, kinds = cut[::2], cut[1::2]
         # As the email package does: text parts end in a line break of their own.
-        segments = content.replace("\r\n", "\n").split(UNSUBSCRIBE_SLOT)
         if not segments[-1].endswith("\n"):
             segments[-1] += "\n"
-        for segment in segments[:-1]:
-            pieces.append(current + _qp_piece(segment))
-            slots.append(is_html)
+        for segment, kind in zip(segments[:-1], kinds, strict=True):
+            pieces.append(current + qp_piece(segment))
+            slots.append((kind, is_html))
             current = b""
         # RFC 2046 §5.1.1: the CRLF before a boundary belongs to the boundary.
-        current += _qp(segments[-1]) + b"\r\n"
+        current += qp(segments[-1]) + b"\r\n"
     pieces.append(current + f"--{boundary}--\r\n".encode("ascii"))
-    return PreparedMessage(head=head, body_pieces=tuple(pieces), html_slots=tuple(slots),
-                           wire_pieces=tuple(_dot_stuff(piece) for piece in pieces))
+    return PreparedMessage(head=head, body_pieces=tuple(pieces), slots=tuple(slots),
+                           wire_pieces=tuple(dot_stuff(piece) for piece in pieces),
+                           subject_pieces=tuple(subject_pieces) if personal else ())

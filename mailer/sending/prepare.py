@@ -117,7 +117,8 @@ async def pick_issue(config: Config, newsletter: Newsletter, store: Store, *, no
     again; by default every issue ever started.
 
     Raises:
-        ContentError: an issue file is broken.
+        ContentError: an issue file is broken, or a personal field without a default names
+            what some confirmed subscribers lack (see refuse_missing_fields).
         RenderError: the issue does not render.
     """
     if sent is None:
@@ -136,7 +137,31 @@ async def pick_issue(config: Config, newsletter: Newsletter, store: Store, *, no
         issue = due
     rendered = render.render_issue(issue, newsletter, config.settings,
                                    templates_dir=config.templates_dir)
+    await refuse_missing_fields(store, newsletter, issue)
     return Prepared(newsletter, issue, rendered)
+
+
+async def refuse_missing_fields(store: Store, newsletter: Newsletter,
+                                issue: content.Issue) -> None:
+    """Stop an issue whose personal field has no default while some confirmed subscribers
+    lack its value (an empty gap in their email, or a Subject that reads wrong).
+
+    Raises:
+        ContentError: naming the file and line of the first such field and how many lack it.
+    """
+    checked: set[str] = set()
+    for use in issue.field_uses():
+        field = use.field
+        if field.default is not None or field.path == "email" or field.path in checked:
+            continue
+        checked.add(field.path)
+        lacking = await store.lacking(newsletter.id, name=field.path == "name", key=field.key)
+        if lacking:
+            what = "name" if field.path == "name" else f"attribute {field.key}"
+            raise ContentError(
+                f"{field.source()} has no default, and {lacking} confirmed subscriber(s) "
+                f"of {newsletter.id} have no {what}: add | default(\"…\") or fill it in",
+                file=str(issue.path), line=use.line)
 
 
 async def choose(config: Config, newsletter: Newsletter, store: Store, *, now: datetime,

@@ -27,6 +27,7 @@ from mailer.rows import (
 )
 from mailer.store import db
 from mailer.store.deliveries import DeliveryQueries
+from mailer.store.manage import ManageQueries
 from mailer.store.reports import ReportQueries
 from mailer.store.returns import ReturnQueries
 from mailer.store.sends import SendQueries
@@ -38,7 +39,7 @@ __all__ = ["ArchivedIssue", "Outcome", "QuotaUse", "Recipient", "SendRow", "Stor
 
 
 class Store(SubscriberQueries, SignUpQueries, SendQueries, ReportQueries, DeliveryQueries,
-            ReturnQueries):
+            ReturnQueries, ManageQueries):
     """The database of one mailer installation; every query lives here."""
 
     def __init__(self, engine: AsyncEngine) -> None:

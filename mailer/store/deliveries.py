@@ -13,7 +13,7 @@ from mailer.states import DeliveryStatus, SendStatus, SubscriptionStatus, utcnow
 from mailer.store import db
 from mailer.store._base import StoreBase
 from mailer.store.journal import DeliveryLogWriter, PostgresDeliveryLog, SqliteDeliveryLog
-from mailer.store.models import Delivery, Send, SenderProcess, Subscription
+from mailer.store.models import Delivery, Send, SenderProcess, Subscriber, Subscription
 from mailer.store.torows import worker_row
 
 
@@ -69,11 +69,13 @@ class DeliveryQueries(StoreBase):
         transaction is about to hand over the body (journal). So a crash of the claimer
         leaves nothing ambiguous: the whole claimed batch simply goes back to the queue.
         On PostgreSQL, FOR UPDATE SKIP LOCKED lets any number of workers claim at once
-        without waiting on each other; SQLite has one writer at a time anyway.
+        without waiting on each other; SQLite has one writer at a time anyway. Each
+        recipient carries the subscriber's attributes as they are now (personal fields).
         """
         due = (
-            select(Delivery.id, Subscription.status)
+            select(Delivery.id, Subscription.status, Subscriber.attributes)
             .outerjoin(Subscription, Subscription.id == Delivery.subscription_id)
+            .outerjoin(Subscriber, Subscriber.id == Subscription.subscriber_id)
             .where(Delivery.send_id == send_id, Delivery.status == DeliveryStatus.PENDING,
                    Delivery.claimed_by.is_(None),
                    or_(Delivery.next_attempt_at.is_(None), Delivery.next_attempt_at <= now))
@@ -85,8 +87,9 @@ class DeliveryQueries(StoreBase):
             rows = (await s.execute(due)).all()
             # Someone who left (or bounced, or was removed) after the issue was queued
             # must not get it: their rows are closed here, at the last moment before sending.
-            gone = [i for i, status in rows if status != SubscriptionStatus.CONFIRMED]
-            ids = [i for i, status in rows if status == SubscriptionStatus.CONFIRMED]
+            gone = [i for i, status, _ in rows if status != SubscriptionStatus.CONFIRMED]
+            ids = [i for i, status, _ in rows if status == SubscriptionStatus.CONFIRMED]
+            attributes = {i: attrs or {} for i, _, attrs in rows}
             if gone:
                 await s.execute(update(Delivery).where(Delivery.id.in_(gone)).values(
                     status=DeliveryStatus.SKIPPED, updated_at=now,
@@ -99,7 +102,8 @@ class DeliveryQueries(StoreBase):
                 .returning(Delivery.id, Delivery.subscription_id, Delivery.email, Delivery.name,
                            Delivery.attempts, Delivery.possible_duplicate)
             )
-            claimed = [Recipient(*row[:5], bool(row[5])) for row in claimed_rows.all()]
+            claimed = [Recipient(*row[:5], bool(row[5]), attributes=attributes[row[0]])
+                       for row in claimed_rows.all()]
         claimed.sort(key=lambda r: r.delivery_id)
         return claimed
 

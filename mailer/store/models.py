@@ -6,6 +6,7 @@ import enum
 from datetime import UTC, datetime
 
 from sqlalchemy import (
+    JSON,
     DateTime,
     Enum,
     ForeignKey,
@@ -19,8 +20,10 @@ from sqlalchemy import (
     UniqueConstraint,
     false,
 )
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.sql import text as sql_text
 
 from mailer.returns.kinds import ReturnKind
 from mailer.states import DeliveryStatus, SendStatus, SubscriptionStatus, utcnow
@@ -78,6 +81,10 @@ class Subscriber(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     email: Mapped[str] = mapped_column(String(320), unique=True)  # normalised, see addresses.py
     name: Mapped[str] = mapped_column(String(200), default="")
+    # Keys [a-z0-9_]+, string values (mailer/subscriptions/attributes.py checks both).
+    attributes: Mapped[dict[str, str]] = mapped_column(
+        JSON().with_variant(postgresql.JSONB(), "postgresql"),
+        default=dict, server_default=sql_text("'{}'"))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
     def __repr__(self) -> str:
@@ -238,3 +245,19 @@ class ReturnedMessage(Base):
     def __repr__(self) -> str:
         return (f"ReturnedMessage(id={self.id!r}, kind={self.kind!r}, "
                 f"delivery_id={self.delivery_id!r})")
+
+
+class ErasedAddress(Base):
+    """An address whose owner erased it ("delete me" on their manage page): only a keyed
+    hash of it, so an import with --confirmed cannot bring it back and nothing else of it
+    is kept."""
+
+    __tablename__ = "erased_addresses"
+
+    # HMAC-SHA256 of the normalised address under the install's secret key, hex: without
+    # the key, a list of known addresses cannot be checked against it.
+    address_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    erased_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    def __repr__(self) -> str:
+        return f"ErasedAddress(erased_at={self.erased_at!r})"

@@ -1,6 +1,6 @@
 """Use cases of subscribers: double opt-in, leaving, CSV import."""
 
-from mailer.subscriptions.csvfile import MAX_IMPORT_ERRORS_SHOWN, read_csv
+from mailer.subscriptions.csvfile import MAX_IMPORT_ERRORS_SHOWN, read_csv, read_import
 from mailer.subscriptions.optin import (
     CONFIRM_RESEND_INTERVAL,
     CONFIRM_UNSENT_LEASE,
@@ -33,6 +33,7 @@ __all__ = [
     "find_by_confirm_token",
     "find_by_unsubscribe_token",
     "read_csv",
+    "read_import",
     "resubscribe",
     "send_confirmation",
     "subscribe",

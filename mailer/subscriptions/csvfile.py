@@ -1,27 +1,42 @@
-"""Subscriber import files: a CSV of `email[,name]` or an export, checked row by row."""
+"""Subscriber import files: a CSV of `email[,name[,KEY…]]` or an export, checked row by row."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 from mailer.addresses import clean_name, normalize_email
 from mailer.errors import SubscriberError
+from mailer.rows import ImportRow
 from mailer.subscriptions import csvcells
+from mailer.subscriptions.attributes import check_key, clean_attributes
 
 MAX_IMPORT_ERRORS_SHOWN = 20
 
 
 def read_csv(path: Path, *, confirmed: bool = False) -> list[tuple[str, str]]:
-    """Rows (email, name) of an import file: columns `email[,name]` (a header is optional),
-    or an export (its status is checked; its dates are the old list's). Cells the export
+    """The (email, name) of every row of an import file (see read_import).
+
+    Raises:
+        SubscriberError: as read_import.
+    """
+    return [(row.email, row.name) for row in read_import(path, confirmed=confirmed)]
+
+
+def read_import(path: Path, *, confirmed: bool = False) -> list[ImportRow]:
+    """Rows of an import file: columns `email[,name]` (a header is optional), each column
+    after them an attribute named by the header (`email,name,city`; then the header is
+    needed), or an export, whose columns after `confirmed_at` are attributes (its status is
+    checked; its dates are the old list's). An empty cell is no attribute. Cells the export
     quoted against spreadsheet formulas (`'=…`) read back as exported. Read line by line:
     a row over csvcells.MAX_RECORD_CHARS stops it there.
 
     Raises:
-        SubscriberError: naming every bad row by line number, or the line where the file
-            stops being CSV (or UTF-8); nothing is returned then.
+        SubscriberError: naming every bad row by line number, a bad header (line 1), or
+            the line where the file stops being CSV (or UTF-8); nothing is returned then.
     """
-    rows: list[tuple[str, str]] = []
+    rows: list[ImportRow] = []
+    keys: list[str] = []
     problems: list[str] = []
     bad = 0
     seen: set[str] = set()
@@ -33,10 +48,13 @@ def read_csv(path: Path, *, confirmed: bool = False) -> list[tuple[str, str]]:
                 if not cells or all(not c.strip() for c in cells):
                     continue
                 if line == 1 and cells[0].strip().lower() in ("email", "e-mail", "address"):
-                    exported = tuple(c.strip().lower() for c in cells) == csvcells.EXPORT_HEADER
+                    columns = len(csvcells.EXPORT_HEADER)
+                    exported = (tuple(c.strip().lower() for c in cells[:columns])
+                                == csvcells.EXPORT_HEADER)
+                    keys = _header_keys(cells[columns if exported else 2:], path)
                     continue
                 try:
-                    row = _import_row(cells, exported=exported, confirmed=confirmed)
+                    row = _import_row(cells, exported=exported, confirmed=confirmed, keys=keys)
                 except SubscriberError as exc:
                     bad += 1
                     if len(problems) < MAX_IMPORT_ERRORS_SHOWN:
@@ -57,11 +75,32 @@ def read_csv(path: Path, *, confirmed: bool = False) -> list[tuple[str, str]]:
     return rows
 
 
-def _import_row(cells: list[str], *, exported: bool, confirmed: bool) -> tuple[str, str]:
-    columns = len(csvcells.EXPORT_HEADER) if exported else 2
-    if len(cells) > columns:
+def _header_keys(cells: Sequence[str], path: Path) -> list[str]:
+    # The attribute columns of the header: their names are the keys, checked before any row.
+    keys = [cell.strip() for cell in cells]
+    for key in keys:
+        try:
+            check_key(key)
+        except SubscriberError as exc:
+            raise SubscriberError(f"header: {exc.message}; nothing imported", file=str(path),
+                                  line=1) from None
+    twice = sorted({key for key in keys if keys.count(key) > 1})
+    if twice:
+        raise SubscriberError(f"header: attribute column {twice[0]!r} appears twice; nothing "
+                              "imported", file=str(path), line=1)
+    return keys
+
+
+def _import_row(cells: list[str], *, exported: bool, confirmed: bool,
+                keys: Sequence[str]) -> ImportRow:
+    base = len(csvcells.EXPORT_HEADER) if exported else 2
+    if len(cells) > base + len(keys):
         expected = ",".join(csvcells.EXPORT_HEADER) if exported else "email[,name]"
-        raise SubscriberError(f"expected {expected}, got {len(cells)} columns")
+        if keys:
+            expected += "," + ",".join(keys)
+        raise SubscriberError(f"expected {expected}, got {len(cells)} columns"
+                              + ("" if keys else " (attribute columns need a header row "
+                                 "naming them: email,name,KEY…)"))
     status = cells[2].strip() if exported and len(cells) > 2 else ""
     # Taking in an export must not undo what its list recorded: whoever left, bounced or
     # complained stays out, and --confirmed does not confirm someone who never did.
@@ -70,4 +109,7 @@ def _import_row(cells: list[str], *, exported: bool, confirmed: bool) -> tuple[s
         raise SubscriberError(f"status {status!r}: an import with{'' if confirmed else 'out'} "
                               f"--confirmed takes only {' or '.join(allowed)} rows of an "
                               "export (export with --status confirmed)")
-    return normalize_email(cells[0]), clean_name(cells[1] if len(cells) > 1 else "")
+    # A row shorter than the header (a spreadsheet drops trailing empty cells) lacks those.
+    attributes = clean_attributes(zip(keys, cells[base:], strict=False))
+    return ImportRow(normalize_email(cells[0]), clean_name(cells[1] if len(cells) > 1 else ""),
+                     attributes)

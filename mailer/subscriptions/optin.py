@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import unicodedata
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from email.utils import parseaddr
@@ -42,15 +43,17 @@ async def send_confirmation(config: Config, newsletter: Newsletter, email: str,
 
 
 async def add(config: Config, store: SubscriberStore, newsletter: Newsletter, raw_email: str, *,
-              name: str = "", confirmed: bool = False) -> str:
+              name: str = "", confirmed: bool = False,
+              attributes: Mapping[str, str] | None = None) -> str:
     """`subscribers add`: a confirmed subscriber, or a pending one who gets the confirm email.
+    `attributes` were checked by attributes.parse_options.
 
     Raises:
         SubscriberError: the address or name is not usable.
     """
     email = normalize_email(raw_email, where="email")
     sub = await store.add_subscriber(email, newsletter=newsletter.id, name=clean_name(name),
-                                     confirmed=confirmed)
+                                     confirmed=confirmed, attributes=attributes)
     if sub.status == SubscriptionStatus.PENDING:
         await send_confirmation(config, newsletter, email, sub.id,
                                 generation=sub.token_generation)

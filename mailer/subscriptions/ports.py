@@ -3,6 +3,7 @@ against (mailer.store.Store satisfies it; each method is documented where the st
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime, timedelta
 from typing import Protocol
 
@@ -13,7 +14,9 @@ class SubscriberStore(Protocol):
     """The queries of double opt-in, confirming, leaving and `subscribers add`."""
 
     async def add_subscriber(self, email: str, *, newsletter: str, name: str = "",
-                             confirmed: bool = False) -> SubscriptionRow: ...
+                             confirmed: bool = False,
+                             attributes: Mapping[str, str] | None = None
+                             ) -> SubscriptionRow: ...
 
     async def mark_confirm_sent(self, subscription_id: int) -> None: ...
 

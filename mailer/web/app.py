@@ -9,8 +9,9 @@ in `pages` only.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 
 from markupsafe import Markup
@@ -19,22 +20,22 @@ from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
-from starlette.routing import Route
-from starlette.types import Receive, Scope, Send
+from starlette.responses import HTMLResponse, JSONResponse, Response
 
 from mailer import subscriptions
 from mailer.config import Config, Newsletter
-from mailer.content import render
+from mailer.content import fields, render
 from mailer.content.rendered import RenderedIssue
 from mailer.rows import RelayHealth
 from mailer.states import SubscriptionStatus
 from mailer.store import Store
-from mailer.web import metrics
 from mailer.web.confirmations import ConfirmationQueue
 from mailer.web.guards import MAX_BODY, RateLimiter, SecurityHeaders, read_body, read_fields
+from mailer.web.health import healthz, metrics_text
+from mailer.web.manage import manage_action, manage_page
 from mailer.web.pages import EXCEPTION_HANDLERS, page, wants_json
 from mailer.web.ports import WebStore
+from mailer.web.routing import Resource
 from mailer.web.server import SignalServer, server_config
 from mailer.web.webhooks import (
     ReturnedEvents,
@@ -190,7 +191,10 @@ async def resubscribe(request: Request) -> Response:
 async def archive(request: Request) -> Response:
     """GET /issues/{newsletter}: the issues that went out, newest first."""
     newsletter = _newsletter(request)
-    issues = await _store(request).archived_issues(newsletter.id)
+    # A subject with personal fields shows their defaults here, as the web view does.
+    issues = [dataclasses.replace(i, subject=fields.public_text(i.subject),
+                                  preheader=fields.public_text(i.preheader))
+              for i in await _store(request).archived_issues(newsletter.id)]
     return page(request, "archive", title="Past issues", newsletter=newsletter, issues=issues)
 
 
@@ -205,67 +209,12 @@ async def issue(request: Request) -> Response:
     return HTMLResponse(render.render_web_view(rendered))
 
 
-def _metrics_access(request: Request) -> metrics.Access:
-    token = _config(request).settings.metrics_token
-    # The socket's peer, never X-Forwarded-For: a header is whatever the client says.
-    return metrics.access(token.get_secret_value() if token else None,
-                          authorization=request.headers.get("authorization"),
-                          peer=request.client.host if request.client else None)
-
-
-async def healthz(request: Request) -> Response:
-    """GET /healthz: liveness (the process answers HTTP: 200 "ok"). In `mailer run`, a line
-    per relay follows for whoever may read /metrics: up, down and why, or not tried yet."""
-    lines = ["ok"]
-    health = request.app.state.relay_health
-    if health is not None and _metrics_access(request) == metrics.Access.ALLOWED:
-        for relay in health():
-            state = {True: "up", False: "down", None: "not tried yet"}[relay.up]
-            lines.append(f"relay {relay.relay}: {state}"
-                         + (f" ({relay.reason})" if relay.reason else ""))
-    return PlainTextResponse("\n".join(lines) + "\n")
-
-
-async def metrics_text(request: Request) -> Response:
-    """GET /metrics: Prometheus text, counted in the database now; for the bearer of
-    MAILER_METRICS_TOKEN, or without one for loopback clients only."""
-    config = _config(request)
-    verdict = _metrics_access(request)
-    if verdict == metrics.Access.UNAUTHORIZED:
-        raise HTTPException(401, "metrics need the bearer token (MAILER_METRICS_TOKEN)",
-                            headers={"WWW-Authenticate": "Bearer"})
-    if verdict == metrics.Access.FORBIDDEN:
-        raise HTTPException(403, "metrics are served to loopback clients only (set "
-                                 "MAILER_METRICS_TOKEN to allow others)")
-    health = request.app.state.relay_health
-    body = await metrics.exposition(_store(request), config.newsletters,
-                                    relays=health() if health is not None else ())
-    return Response(body, media_type=metrics.CONTENT_TYPE)
-
-
-class Resource(Route):
-    """One path with a handler per method (HEAD answered as GET). A 405 names all of them,
-    in a steady order: two Routes for one path would each name only their own."""
-
-    def __init__(self, path: str, *, name: str,
-                 **handlers: Callable[[Request], Awaitable[Response]]) -> None:
-        async def by_method(request: Request) -> Response:
-            return await handlers["GET" if request.method == "HEAD" else request.method](request)
-
-        super().__init__(path, by_method, methods=list(handlers), name=name)
-        self.allow = ", ".join(sorted(self.methods or ()))
-
-    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["method"] not in (self.methods or ()):
-            raise HTTPException(405, headers={"Allow": self.allow})
-        await super().handle(scope, receive, send)
-
-
 routes = [
     Resource("/subscribe/{newsletter}", name="subscribe", GET=subscribe_form, POST=subscribe),
     Resource("/confirm/{token}", name="confirm", GET=confirm_page, POST=confirm),
     Resource("/unsubscribe/{token}", name="unsubscribe", GET=unsubscribe_page, POST=unsubscribe),
     Resource("/resubscribe/{token}", name="resubscribe", POST=resubscribe),
+    Resource("/manage/{token}", name="manage", GET=manage_page, POST=manage_action),
     Resource("/issues/{newsletter}", name="archive", GET=archive),
     Resource("/issues/{newsletter}/{slug}", name="issue", GET=issue),
     Resource("/healthz", name="healthz", GET=healthz),
