@@ -15,6 +15,7 @@ from typing import Any
 
 from mailer.config import Config, Newsletter
 from mailer.content import Issue
+from mailer.content.fields import public_text
 from mailer.errors import MailerError
 
 # Re-exported while tests/test_scheduler.py imports it from here (it moved to prepare).
@@ -125,8 +126,9 @@ class SlotRunner:
                 log.info("send resumed", extra={"newsletter": newsletter_id,
                                                 "slug": result.send.slug})
             else:
+                # Personal fields show their defaults: a log is no place for one reader's.
                 log.info("issue due", extra={**fields, "slug": result.send.slug,
-                                             "subject": result.send.subject})
+                                             "subject": public_text(result.send.subject)})
             await self._deliver(result.send, newsletter)
             if not result.resumed:
                 return  # the slot had its issue
