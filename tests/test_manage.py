@@ -48,7 +48,7 @@ from tests.test_web import (
     forge,
     path_of,
 )
-from tests.tools import Listening, run_cli, serving
+from tests.tools import Listening, run_cli, settled_client
 
 MANAGE_LINK = re.compile(r"https?://\S+/manage/[A-Za-z0-9_.-]+")
 ADA, BOB = "ada@example.com", "bob@example.org"
@@ -74,16 +74,8 @@ async def site(project: Project, store: Store, smtpd: RecordingServer,
     config = with_second_newsletter(project, smtp_url=smtp_url_of(smtpd),
                                     subscribe_rate_per_minute=0, base_url=listening.url)
     app = create_app(config, store=store)
-    async with serving(app, listening, config.settings) as served:
-
-        async def settle(response: httpx.Response) -> None:
-            await response.aread()
-            await served.idle()
-            await app.state.confirmations.join()
-
-        async with httpx.AsyncClient(base_url=listening.url,
-                                     event_hooks={"response": [settle]}) as c:
-            yield Site(project, config, store, c, smtpd)
+    async with settled_client(app, listening, config.settings) as c:
+        yield Site(project, config, store, c, smtpd)
 
 
 def manage_links(message: EmailMessage) -> tuple[str, str]:

@@ -38,7 +38,7 @@ from tests import storehelp
 from tests.conftest import Project
 from tests.smtpd import RecordingServer, ServerThread
 from tests.test_tokens import confirm_token_signed_at
-from tests.tools import Listening, serving, start_mailer_http
+from tests.tools import Listening, settled_client, start_mailer_http
 
 KEY = "test-key"  # what Project.configure puts in MAILER_SECRET_KEY
 NOW = datetime(2026, 12, 8, 9, 0, tzinfo=UTC)  # the sample issue is due
@@ -139,18 +139,8 @@ async def site(project: Project, store: Store, smtpd: RecordingServer,
     config = project.configure(smtp_url=smtp_url_of(smtpd), subscribe_rate_per_minute=0,
                                base_url=listening.url)
     app = create_app(config, store=store)
-    async with serving(app, listening, config.settings) as served:
-
-        async def settle(response: httpx.Response) -> None:
-            # An answer comes back with what the request set off done: the confirmation
-            # email the app sends after its answer has reached the SMTP server.
-            await response.aread()
-            await served.idle()
-            await app.state.confirmations.join()
-
-        async with httpx.AsyncClient(base_url=listening.url,
-                                     event_hooks={"response": [settle]}) as c:
-            yield Site(project, config, store, c, smtpd)
+    async with settled_client(app, listening, config.settings) as c:
+        yield Site(project, config, store, c, smtpd)
 
 
 def path_of(url: str) -> str:

@@ -228,6 +228,24 @@ async def serving(app: ASGIApp, listening: Listening, settings: Settings,
         listening.socket.close()
 
 
+@contextlib.asynccontextmanager
+async def settled_client(app: ASGIApp, listening: Listening, settings: Settings,
+                         ) -> AsyncIterator[httpx.AsyncClient]:
+    """An HTTP client of `app` served on `listening` (see serving) whose every answer comes
+    back with what the request set off done: the confirmation email the app sends after
+    its answer has reached the SMTP server."""
+    async with serving(app, listening, settings) as served:
+
+        async def settle(response: httpx.Response) -> None:
+            await response.aread()
+            await served.idle()
+            await app.state.confirmations.join()  # type: ignore[attr-defined]
+
+        async with httpx.AsyncClient(base_url=listening.url,
+                                     event_hooks={"response": [settle]}) as client:
+            yield client
+
+
 def start_mailer_http(project_root: Path, config_path: Path, command: str, *,
                       env: dict[str, str]) -> tuple[subprocess.Popen[str], str, httpx.Response]:
     """`mailer serve` (or `run`) as its own process on a free port, once its /healthz answers.

@@ -13,7 +13,7 @@ from typing import Any
 
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
-from mailer.delivery.smtp_server import TrackedConnection
+from mailer.delivery.smtp_server import TrackedConnection, close_server
 from mailer.keys import make_private_dir
 
 # Generous on purpose: above what common relays take (Gmail: 25 MB), so capture never rejects
@@ -130,11 +130,5 @@ class CaptureServer:
         """Stop listening, close open client connections and wait until all are gone."""
         if self._server is None:
             return
-        self._server.close()
-        connections = list(self._live)
-        for connection in connections:
-            if connection.transport is not None:
-                connection.transport.close()
-        await self._server.wait_closed()
-        await asyncio.gather(*(connection.lost for connection in connections))
+        await close_server(self._server, self._live)
         self._server = None

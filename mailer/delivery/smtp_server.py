@@ -27,3 +27,15 @@ class TrackedConnection(SMTP):
         super().connection_lost(error)
         if not self.lost.done():
             self.lost.set_result(None)
+
+
+async def close_server(server: asyncio.Server, live: set[TrackedConnection]) -> None:
+    """Stop listening, close the connections still open (a message cut off there gets no
+    answer, so its sender keeps it: RFC 5321 §6.1) and wait until every one is gone."""
+    server.close()
+    connections = list(live)
+    for connection in connections:
+        if connection.transport is not None:
+            connection.transport.close()
+    await server.wait_closed()
+    await asyncio.gather(*(connection.lost for connection in connections))

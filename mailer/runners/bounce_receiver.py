@@ -19,7 +19,7 @@ from typing import Any
 
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
-from mailer.delivery.smtp_server import TrackedConnection
+from mailer.delivery.smtp_server import TrackedConnection, close_server
 from mailer.errors import TryLater
 from mailer.returns.verp import is_verp_for
 
@@ -163,12 +163,6 @@ class BounceReceiver:
         self._server.close()
         if self._handler.busy:
             await asyncio.wait(set(self._handler.busy), timeout=STOP_GRACE_SECONDS)
-        connections = list(self._live)
-        for connection in connections:
-            if connection.transport is not None:
-                # A message cut off here gets no answer, so its MTA keeps it (RFC 5321 §6.1).
-                connection.transport.close()
-        await self._server.wait_closed()
-        await asyncio.gather(*(connection.lost for connection in connections))
+        await close_server(self._server, self._live)
         self._server = None
         log.info("stopped receiving returned mail by SMTP", extra={"port": self.port})
