@@ -31,14 +31,16 @@ def show(cfg: Config, newsletter: str | None) -> None:
     if newsletter:
         cfg.newsletter(newsletter)
 
-    async def go() -> tuple[Table, Table, list[str]]:
+    async def go() -> tuple[Table, tuple[Table, Table | None], list[str]]:
         async with open_store(cfg) as store:
             return (await _schedules(cfg, store, newsletter), await _sends(store, newsletter),
                     await _problems(cfg, store, newsletter))
 
-    schedule_table, sends_table, notes = run_async(go())
+    schedule_table, (sends_table, after_table), notes = run_async(go())
     out.print(schedule_table)
     out.print(sends_table)
+    if after_table is not None:
+        out.print(after_table)
     for line in notes:
         out.print(line, highlight=False, markup=False, soft_wrap=True)
 
@@ -64,24 +66,31 @@ async def _schedules(cfg: Config, store: StatusStore, newsletter: str | None) ->
     return table
 
 
-async def _sends(store: StatusStore, newsletter: str | None) -> Table:
-    # "possible dup.": resent once after a cut with no reply (the reader may have two).
-    # hard/soft/compl.: returned messages of the send per message sent, coloured past the
+async def _sends(store: StatusStore, newsletter: str | None) -> tuple[Table, Table | None]:
+    """Every send's progress, and what came after it when anything did: two tables, so
+    each fits a terminal 80 columns wide."""
+    progress = Table(Column("issue", no_wrap=True), "state", "sent", "failed", "open",
+                     "unknown", "skipped", Column("started (UTC)", no_wrap=True),
+                     box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
+    # possible duplicates: resent once after a cut with no reply (the reader may have two).
+    # hard/soft bounces, complaints: returned messages per message sent, coloured past the
     # providers' thresholds (mailer.bounces.rates).
-    table = Table(Column("issue", no_wrap=True), "state", "sent", "failed", "open",
-                  "unknown", "skipped", "possible dup.", "hard", "soft", "compl.",
-                  Column("started (UTC)", no_wrap=True),
-                  box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
+    after = Table(Column("issue", no_wrap=True), "possible duplicates", "hard bounces",
+                  "soft bounces", "complaints", box=box.SIMPLE_HEAD, pad_edge=False,
+                  collapse_padding=True, title="after sending", title_justify="left")
+    anything_after = False
     for send in await store.sends(newsletter):
+        name = f"{send.newsletter}/{send.slug}"
         c = DeliveryCounts.of(await store.delivery_counts(send.id))
+        progress.add_row(name, send.status.value, str(c.sent), str(c.failed), str(c.open),
+                         str(c.unknown), str(c.skipped), f"{send.created_at:%Y-%m-%d %H:%M}")
         dups = await store.possible_duplicates(send.id)
         r = await _rates(store, send, c)
-        table.add_row(f"{send.newsletter}/{send.slug}", send.status.value, str(c.sent),
-                      str(c.failed), str(c.open), str(c.unknown), str(c.skipped), str(dups),
-                      _percent(r.rate(r.hard), r.hard_level), _percent(r.rate(r.soft)),
-                      _percent(r.rate(r.complaints), r.complaint_level, digits=2),
-                      f"{send.created_at:%Y-%m-%d %H:%M}")
-    return table
+        anything_after = anything_after or bool(dups or r.hard or r.soft or r.complaints)
+        after.add_row(name, str(dups), _percent(r.rate(r.hard), r.hard_level),
+                      _percent(r.rate(r.soft)),
+                      _percent(r.rate(r.complaints), r.complaint_level, digits=2))
+    return progress, after if anything_after else None
 
 
 async def _problems(cfg: Config, store: StatusStore, newsletter: str | None) -> list[str]:
