@@ -14,7 +14,6 @@ from urllib.parse import quote
 
 import httpx
 import pytest
-from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import String, func, or_, select, update
 
@@ -38,7 +37,6 @@ from tests import storehelp
 from tests.conftest import Project
 from tests.smtpd import RecordingServer, ServerThread
 from tests.test_web import (
-    CONTENT_TYPES,
     KEY,
     LATER,
     LiveServer,
@@ -46,6 +44,7 @@ from tests.test_web import (
     SmtpUrl,
     bodies,
     forge,
+    never_a_server_error,
     path_of,
 )
 from tests.tools import Listening, run_cli, settled_client
@@ -398,11 +397,4 @@ def test_random_bodies_to_the_manage_page_never_get_a_server_error(project: Proj
         valid = tokens.manage_token(KEY, asyncio.run(add()))
         paths = st.sampled_from([f"/manage/{valid}", f"/manage/{valid}x", "/manage/garbage"])
 
-        @settings(max_examples=150, deadline=None,
-                  suppress_health_check=[HealthCheck.function_scoped_fixture])
-        @given(path=paths, content_type=st.sampled_from(CONTENT_TYPES), body=MANAGE_BODIES)
-        def post(path: str, content_type: str, body: bytes) -> None:
-            answer = client.post(path, content=body, headers={"content-type": content_type})
-            assert answer.status_code < 500, (answer.status_code, answer.text[:300])
-
-        post()
+        never_a_server_error(client, paths, MANAGE_BODIES)

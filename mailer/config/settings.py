@@ -160,10 +160,10 @@ class Settings(BaseModel):
     @classmethod
     def _valid_bounce_address(cls, value: str | None) -> str | None:
         if value is not None:
-            from mailer.returns.verp import verp_sender  # pure; checks the address's shape
+            from mailer.returns.verp import split_bounce_address  # pure
 
             try:
-                verp_sender(value, "check", 0)
+                split_bounce_address(value)
             except MailerError as exc:
                 raise ValueError(exc.message) from None
         return value
@@ -172,9 +172,7 @@ class Settings(BaseModel):
     @classmethod
     def _valid_listen(cls, value: str | None) -> str | None:
         if value is not None:
-            host, _, port = value.rpartition(":")
-            if not host or not port.isdigit() or not 0 <= int(port) <= 65535:
-                raise ValueError(f"expected host:port like 127.0.0.1:2526, got {value!r}")
+            split_listen(value)  # its ValueError is pydantic's validation error
         return value
 
     @property
@@ -208,3 +206,16 @@ class Settings(BaseModel):
                 raise ValueError(f"expected IP addresses or networks like 10.0.0.1 or "
                                  f"10.0.0.0/8 (no host bits after the /), got {proxy!r}") from None
         return value
+
+
+def split_listen(listen: str) -> tuple[str, int]:
+    """`host:port` (`[::1]:2526` for IPv6) as (host, port); port 0 = any free port.
+
+    Raises:
+        ValueError: not host:port.
+    """
+    host, _, port = listen.rpartition(":")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"expected host:port like 127.0.0.1:2526, got {listen!r}")
+    return host, int(port)

@@ -16,7 +16,6 @@ from mailer.content.fields import Field
 UNSUBSCRIBE_SLOT = "https://unsubscribe.invalid/__mailer_unsubscribe__"
 # Where each recipient's manage-my-subscription URL goes (GET /manage/{token}).
 MANAGE_SLOT = "https://manage.invalid/__mailer_manage__"
-URL_SLOTS = re.compile(f"({re.escape(UNSUBSCRIBE_SLOT)}|{re.escape(MANAGE_SLOT)})")
 # Every per-recipient slot: the two URLs and each personal field's marker. re.split keeps
 # each slot, at the odd indexes, to say what goes there.
 SLOTS = re.compile(

@@ -37,11 +37,8 @@ class Tally:
     failed: int = 0
     retried: int = 0
     unknown: int = 0
-    resent_after_cut: int = 0  # cut after the final dot with no reply, so resent once
 
     def count(self, outcome: Outcome) -> None:
-        if outcome.status == DeliveryStatus.PENDING and outcome.possible_duplicate:
-            self.resent_after_cut += 1
         if outcome.status == DeliveryStatus.SENT:
             self.sent += 1
         elif outcome.status == DeliveryStatus.FAILED:

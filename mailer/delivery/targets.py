@@ -8,7 +8,7 @@ factor (`smtp_timeout_scale`) so tests can run the same rules in seconds.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from mailer.errors import ConfigError
@@ -97,8 +97,3 @@ def parse_relays(urls: Sequence[str], *, password: str | None = None,
         ConfigError: as parse_smtp_url, for the first URL that is wrong.
     """
     return [parse_smtp_url(url, password=password, timeouts=timeouts) for url in urls]
-
-
-def with_timeouts(target: SmtpTarget, timeouts: SmtpTimeouts) -> SmtpTarget:
-    """The same relay with other waits (the capture server's target, for one)."""
-    return replace(target, timeouts=timeouts)

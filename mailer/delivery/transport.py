@@ -218,14 +218,13 @@ class SmtpTransport:
         try:
             try:
                 await client.envelope(sender, recipient, timeout=waits.command)
-            except (SMTPServerDisconnected, ConnectionError) as exc:
+            except (SMTPServerDisconnected, ConnectionError):
                 if not stale:
                     raise
                 # A kept-alive connection the server closed while idle (RFC 5321 §4.5.3.2.7
                 # lets it after 5 minutes): not the recipient's fault, so once more, afresh.
                 self._drop()
                 client = await self._connection()
-                del exc
                 await client.envelope(sender, recipient, timeout=waits.command)
             await client.start_data(timeout=waits.data_start)
         except aiosmtplib.SMTPResponseException as exc:

@@ -43,7 +43,7 @@ def verp_sender(bounce_address: str, secret_key: str, delivery_id: int) -> str:
             part leaves no room for a token within 64 characters.
         InputError: the delivery id is not an integer from 0 to 2**63 - 1.
     """
-    local, domain = _split_bounce_address(bounce_address)
+    local, domain = split_bounce_address(bounce_address)
     if isinstance(delivery_id, bool) or not isinstance(delivery_id, int) \
             or not 0 <= delivery_id <= _MAX_ID:
         raise InputError("a delivery id is an integer from 0 to 2**63 - 1", field="delivery_id")
@@ -90,7 +90,15 @@ def max_local_length() -> int:
     return _MAX_LOCAL - 1 - _ID_CHARS - _MAC_CHARS
 
 
-def _split_bounce_address(bounce_address: str) -> tuple[str, str]:
+@functools.lru_cache(maxsize=8)
+def split_bounce_address(bounce_address: str) -> tuple[str, str]:
+    """(local, domain) of a bounce address that can carry a VERP token; read once per
+    address, not once per message (a send asks for every recipient).
+
+    Raises:
+        ConfigError: not `local@domain` in plain atoms, a '+' in it, or a local part too
+            long to leave room for a token.
+    """
     local, at, domain = bounce_address.strip().rpartition("@")
     if not at or not _LOCAL.fullmatch(local) or not _DOMAIN.fullmatch(domain):
         raise ConfigError("the bounce address must be local@domain, with no quoting",
@@ -106,7 +114,7 @@ def _split_bounce_address(bounce_address: str) -> tuple[str, str]:
 
 
 def _token_of(address: str, bounce_address: str) -> str | None:
-    local, domain = _split_bounce_address(bounce_address)
+    local, domain = split_bounce_address(bounce_address)
     text = address.strip()
     if text.startswith("<") and text.endswith(">"):
         text = text[1:-1]

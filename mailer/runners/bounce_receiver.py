@@ -19,6 +19,7 @@ from typing import Any
 
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
+from mailer.config.settings import split_listen
 from mailer.delivery.smtp_server import TrackedConnection, close_server
 from mailer.errors import TryLater
 from mailer.returns.verp import is_verp_for
@@ -49,19 +50,6 @@ def is_temporary(error: BaseException) -> bool:
     Anything else is a message we cannot read, and it would fail the same way next time.
     """
     return isinstance(error, TryLater | OSError)
-
-
-def split_listen(listen: str) -> tuple[str, int]:
-    """`host:port` (`[::1]:2526` for IPv6) as (host, port); port 0 = any free port.
-
-    Raises:
-        ValueError: not host:port.
-    """
-    host, _, port = listen.rpartition(":")
-    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
-    if not host or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ValueError(f"expected host:port like 127.0.0.1:2526, got {listen!r}")
-    return host, int(port)
 
 
 class _ReturnsHandler:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from types import TracebackType
 
 from mailer.bounces.apply import apply_event, apply_returned
@@ -69,20 +69,24 @@ class ReturnPaths:
 
     async def provider_event(self, event: ProviderEvent, source: str, raw: bytes) -> None:
         """A verified webhook event (SES, Postmark, Mailgun)."""
-        try:
+        with _later_while_away():  # a webhook not answered 2xx is sent again
             await apply_event(self._store, event, source=source,
                               settings=self._config().settings, raw=raw, now=utcnow())
-        except Exception as exc:
-            if unavailable(exc):  # the provider retries a webhook that was not answered 2xx
-                raise TryLater(str(exc)) from exc
-            raise
 
     async def _apply(self, raw: bytes, source: str, recipients: Sequence[str]) -> None:
-        try:
+        with _later_while_away():
             await apply_returned(self._store, raw, source=source,
                                  settings=self._config().settings,
                                  envelope_recipients=list(recipients), now=utcnow())
-        except Exception as exc:
-            if unavailable(exc):
-                raise TryLater(str(exc)) from exc
-            raise
+
+
+@contextlib.contextmanager
+def _later_while_away() -> Iterator[None]:
+    """A database that cannot be reached now becomes TryLater: the sender keeps what it
+    brought (451 to an MTA, 503 to a webhook) and comes again."""
+    try:
+        yield
+    except Exception as exc:
+        if unavailable(exc):
+            raise TryLater(str(exc)) from exc
+        raise
