@@ -1,239 +1,167 @@
 """How fast does `mailer` send? Side by side with Postfix's smtp-source and a bare aiosmtplib loop.
 
-Usage: .venv/bin/python bench/send.py [--subscribers 100000] [--skip-postgres] [--fields]
+Usage: .venv/bin/python bench/send.py [--subscribers 100000] [--rtt-ms 0,10] [--no-pipelining]
+                                      [--only send-now,worker1] [--skip-postgres] [--fields]
+
+Contenders (--only picks some, in this order): `source` (Postfix's smtp-source: the
+machine's limit), `aloop` (a bare aiosmtplib loop sending one pre-encoded message: the
+Python ceiling), `send-now` (`mailer send-now` on SQLite), `joined` (the same, with one
+`mailer worker --once` joining the send once its first message is out: do two processes
+beat one here?), `worker1` and `worker2` (`mailer worker --once` ×1 and ×2 on PostgreSQL,
+after `send-now --queue`). Each is one process (or
+two) to its end, measured with wait4(): wall seconds, CPU seconds (user+system) and peak RSS.
+
+Columns: msgs/s; `× source`, that rate over smtp-source's at the same round trip in the same
+run (1.00 = as fast as Postfix's C client; compare these rather than msgs/s between runs
+or machines); `first msg s`, for mailer, from the process start to the first message the
+sink accepted (contenders.first_accepted says how it is read).
+
+--rtt-ms N (a list: 0,10) sends through bench/latency.py's proxy, which adds N ms to every
+round trip (N/2 each way), as a relay across a network would; every contender of that round
+goes through the same proxy. 0 (the default) sends straight to smtp-sink. --no-pipelining
+makes mailer send one command per round trip (`?pipelining=off` in its smtp_url).
 
 --fields also sends an issue using three personal fields (name, email and a `city` attribute,
 in the subject and the body) to the same list, alternating with the plain issue (--rounds
-times each, 2 by default): the cost of splicing each reader's values in, from one run on one
-machine. On a shared machine the spread between rounds can exceed the cost: add rounds.
+times each, 2 by default), at the first round trip given: the cost of splicing each
+reader's values in. On a shared machine the spread between rounds can exceed the cost.
 
 Needs the project's test extras (scripts/setup test) and Postfix's smtp-sink and smtp-source:
     apt-get install postfix    (choose "No configuration": no mail daemon starts)
-Every run starts smtp-sink on a free loopback port; each contender is one process,
-measured with wait4(): wall seconds, CPU seconds (user+system) and peak RSS.
+PostgreSQL contenders need Debian's postgresql (tests/pg.py starts a throwaway server).
 Figures are printed, never asserted.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import resource
-import shutil
-import socket
-import sqlite3
 import subprocess
 import sys
 import tempfile
-import textwrap
-import time
-from dataclasses import dataclass
-from datetime import UTC, datetime
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-SINK, SOURCE = Path("/usr/sbin/smtp-sink"), Path("/usr/sbin/smtp-source")
-MAILER = [sys.executable, "-m", "mailer"]
-SESSIONS = 10  # smtp-source sessions and mailer's concurrency
+from contenders import (
+    KEYS,
+    Run,
+    bare_loop,
+    first_accepted,
+    joined,
+    measured,
+    measured_together,
+    smtp_source,
+)
+from project import MAILER, REPO, SESSIONS, copy_database, make_project, sample_message, smtp_url
+from sink import SINK, SOURCE, delayed, sink
+
+SQLITE = "sqlite:///var/mailer.db"
 
 
-@dataclass
-class Run:
-    name: str
-    messages: int
-    wall: float
-    cpu: float
-    rss_mb: float
-    note: str = ""
-
-    @property
-    def rate(self) -> float:
-        return self.messages / self.wall if self.wall else 0.0
-
-
-def measured(name: str, messages: int, argv: list[str], *, env: dict[str, str] | None = None,
-             cwd: Path | None = None) -> Run:
-    """Run one process to its end and read its resource use from wait4()."""
-    start = time.perf_counter()
-    process = subprocess.Popen(argv, env=env, cwd=cwd, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(process.pid, 0)
-    wall = time.perf_counter() - start
-    if status != 0:
-        assert process.stderr is not None
-        sys.exit(f"{name} failed ({status}): {process.stderr.read().decode()[-2000:]}")
-    return Run(name, messages, wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024)
-
-
-def measured_together(name: str, messages: int, argvs: list[list[str]], env: dict[str, str],
-                      cwd: Path) -> Run:
-    """Several processes started at once; wall until the last ends, CPU summed, RSS max."""
-    start = time.perf_counter()
-    processes = [subprocess.Popen(argv, env=env, cwd=cwd, stdout=subprocess.DEVNULL,
-                                  stderr=subprocess.PIPE) for argv in argvs]
-    cpu, rss = 0.0, 0.0
-    for process in processes:
-        _, status, usage = os.wait4(process.pid, 0)
-        if status != 0:
-            assert process.stderr is not None
-            sys.exit(f"{name} failed: {process.stderr.read().decode()[-2000:]}")
-        cpu += usage.ru_utime + usage.ru_stime
-        rss = max(rss, usage.ru_maxrss / 1024)
-    return Run(name, messages, time.perf_counter() - start, cpu, rss)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def start_sink(port: int) -> subprocess.Popen[bytes]:
-    user = ["-u", "nobody"] if os.geteuid() == 0 else []  # smtp-sink drops root itself
-    sink = subprocess.Popen([str(SINK), *user, f"127.0.0.1:{port}", "1024"])
-    for _ in range(100):
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return sink
-        time.sleep(0.05)
-    sys.exit("smtp-sink did not start")
-
-
-# Three personal fields, in the subject and the opening line of the sample issue.
-FIELDS_SUBJECT = 'subject: "Issue #01 for {{ subscriber.name | default(\\"you\\") }}: small models"'
-FIELDS_LINE = ('Hello {{ subscriber.name | default("there") }} in '
-               '{{ subscriber.attributes.city | default("your city") }} '
-               '(sent to {{ subscriber.email }}).\n\n')
-CITIES = ("Oslo", "Zürich", "São Paulo", "Kraków", "Lyon", "")
-
-
-def with_fields(issues: Path) -> None:
-    """Make the sample issue in `issues` greet each reader with three personal fields."""
-    for path in issues.glob("*.md"):
-        head, _, body = path.read_text(encoding="utf-8").partition("\n---\n")
-        head = "\n".join(FIELDS_SUBJECT if line.startswith("subject:") else line
-                         for line in head.splitlines())
-        path.write_text(f"{head}\n---\n{FIELDS_LINE}{body}", encoding="utf-8")
-
-
-def make_project(root: Path, *, port: int, database_url: str, subscribers: int,
-                 fields: bool = False, cities: bool = False) -> dict[str, str]:
-    """A project folder with the sample issue (with personal fields if `fields`) and
-    `subscribers` confirmed subscribers (with a city attribute if `cities`)."""
-    (root / "content").mkdir(parents=True)
-    shutil.copytree(REPO / "content" / "ml-issues", root / "content" / "ml-issues")
-    if fields:
-        with_fields(root / "content" / "ml-issues")
-    (root / "schedules.yaml").write_text(textwrap.dedent(f"""\
-        settings:
-          database_url: {database_url}
-          smtp_url: smtp://127.0.0.1:{port}
-          concurrency: {SESSIONS}
-          postal_address: "1 Bench Street, Benchville"
-        newsletters:
-          ml-issues:
-            name: Machine Learning Issues
-            from: "Machine Learning Issues <newsletter@example.com>"
-            issues: content/ml-issues
-        """), encoding="utf-8")
-    csv = root / "subscribers.csv"
-    with csv.open("w", encoding="utf-8") as out:  # line by line: see own_peak_rss_mb()
-        out.write("email,name,city\n" if cities else "email,name\n")
-        for i in range(subscribers):
-            city = f",{CITIES[i % len(CITIES)]}" if cities else ""
-            out.write(f"reader{i}@example.com,Reader {i}{city}\n")
-    env = {**os.environ, "MAILER_SECRET_KEY": "bench-key", "MAILER_CONFIG":
-           str(root / "schedules.yaml")}
-    subprocess.run([*MAILER, "subscribers", "import", str(csv), "--list", "ml-issues",
-                    "--confirmed"], env=env, cwd=root, check=True, stdout=subprocess.DEVNULL)
-    return env
-
-
-def sample_message(env: dict[str, str], cwd: Path) -> bytes:
-    issue = next((cwd / "content" / "ml-issues").glob("*.md"))
-    return subprocess.run([*MAILER, "preview", str(issue), "--format", "eml"], env=env, cwd=cwd,
-                          check=True, capture_output=True).stdout
-
-
-ALOOP = """\
-import asyncio, sys, aiosmtplib
-port, count, sessions, path = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
-data = open(path, "rb").read()
-async def session(n):
-    client = aiosmtplib.SMTP(hostname="127.0.0.1", port=port, start_tls=False)
-    await client.connect()
-    for _ in range(n):
-        await client.sendmail("a@example.com", ["b@example.com"], data)
-    await client.quit()
-async def main():
-    per, extra = divmod(count, sessions)
-    await asyncio.gather(*(session(per + (i < extra)) for i in range(sessions)))
-asyncio.run(main())
-"""
-
-
-def first_message_delay(database: Path, started: float) -> float:
-    with sqlite3.connect(database) as db:
-        (first,) = db.execute("SELECT min(sent_at) FROM deliveries").fetchone()
-    return datetime.fromisoformat(first).replace(tzinfo=UTC).timestamp() - started
-
-
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--subscribers", type=int, default=100_000)
-    parser.add_argument("--skip-postgres", action="store_true")
+    parser.add_argument("--rtt-ms", default="0", type=lambda text: [
+        float(part) for part in text.split(",")],
+        help="round trips to add, in ms, comma-separated (0: straight to the sink)")
+    parser.add_argument("--no-pipelining", action="store_true",
+                        help="mailer sends one SMTP command per round trip")
+    parser.add_argument("--only", default=",".join(KEYS), type=lambda text: text.split(","),
+                        help=f"the contenders to run, of {','.join(KEYS)}")
+    parser.add_argument("--skip-postgres", action="store_true",
+                        help="leave out worker1 and worker2")
     parser.add_argument("--fields", action="store_true",
                         help="also send an issue with three personal fields, and compare")
     parser.add_argument("--rounds", type=int, default=2,
                         help="with --fields: how many times each issue is sent, alternating")
     args = parser.parse_args()
+    unknown = set(args.only) - set(KEYS)
+    if unknown:
+        parser.error(f"--only: unknown {', '.join(sorted(unknown))} (of {', '.join(KEYS)})")
+    if args.skip_postgres:
+        args.only = [key for key in args.only if not key.startswith("worker")]
+    return args
+
+
+def main() -> None:
+    args = parse_args()
     if not (SINK.exists() and SOURCE.exists()):
         sys.exit("bench/send.py needs Postfix's smtp-sink and smtp-source: "
                  "apt-get install postfix, and choose 'No configuration' so no mail daemon "
                  "starts")
-    n = args.subscribers
+    n, only = args.subscribers, args.only
     # As `pip install` does for an installed package: a checkout run with
     # PYTHONDONTWRITEBYTECODE (set on some CI machines) would otherwise compile every
     # module of mailer from source at each start, and pay for it in time and memory.
     subprocess.run([sys.executable, "-m", "compileall", "-q", str(REPO / "mailer")],
                    check=True, stdout=subprocess.DEVNULL)
-    port = free_port()
-    sink = start_sink(port)
     runs: list[Run] = []
-    try:
-        with tempfile.TemporaryDirectory(prefix="mailer-bench-") as tmp:
-            root = Path(tmp) / "sqlite"
-            env = make_project(root, port=port, database_url="sqlite:///var/mailer.db",
-                               subscribers=n)
-            message = sample_message(env, root)
-            (Path(tmp) / "message.eml").write_bytes(message)
-            size = len(message)
-            print(f"{n:,} messages of {size / 1024:.1f} KB to smtp-sink on 127.0.0.1:{port}, "
-                  f"{SESSIONS} connections, {os.cpu_count()} cores\n", flush=True)
-
-            runs.append(measured("smtp-source (Postfix)", n, [
-                str(SOURCE), "-s", str(SESSIONS), "-l", str(size), "-m", str(n),
-                "-f", "a@example.com", "-t", "b@example.com", f"127.0.0.1:{port}"]))
-            runs.append(measured("bare aiosmtplib loop", n, [
-                sys.executable, "-c", ALOOP, str(port), str(n), str(SESSIONS),
-                str(Path(tmp) / "message.eml")]))
-            started = time.time()
-            run = measured("mailer send-now, SQLite", n, [*MAILER, "send-now", "ml-issues",
-                                                          "--yes"], env=env, cwd=root)
-            run.note = (f"first message after "
-                        f"{first_message_delay(root / 'var' / 'mailer.db', started):.2f} s")
-            runs.append(run)
-            if args.fields:
-                runs += field_runs(Path(tmp), port=port, subscribers=n, rounds=args.rounds)
-            if not args.skip_postgres:
-                runs += postgres_runs(Path(tmp), port=port, subscribers=n)
-    finally:
-        sink.terminate()
-        sink.wait()
+    with sink() as port, tempfile.TemporaryDirectory(prefix="mailer-bench-") as tmp_name:
+        tmp = Path(tmp_name)
+        base = tmp / "sqlite"
+        env = make_project(base, port=port, database_url=SQLITE,
+                           subscribers=n if {"send-now", "joined"} & set(only) else 0)
+        message = tmp / "message.eml"
+        message.write_bytes(sample_message(env, base))
+        size = message.stat().st_size
+        print(f"{n:,} messages of {size / 1024:.1f} KB to smtp-sink on 127.0.0.1:{port}, "
+              f"{SESSIONS} connections, {os.cpu_count()} cores; round trips added: "
+              f"{', '.join(f'{rtt:g} ms' for rtt in args.rtt_ms)}"
+              f"{'; mailer without pipelining' if args.no_pipelining else ''}\n", flush=True)
+        print(HEADER, flush=True)
+        with postgres(tmp, port=port, subscribers=n,
+                      wanted=any(key.startswith("worker") for key in only)) as pg_run:
+            for rtt in args.rtt_ms:
+                with delayed(port, rtt) as target:
+                    url = smtp_url(target, pipelining=not args.no_pipelining)
+                    here = []
+                    if "source" in only:
+                        here.append(measured("smtp-source (Postfix)", n, smtp_source(
+                            target, messages=n, size=size, sessions=SESSIONS)))
+                    if "aloop" in only:
+                        here.append(measured("bare aiosmtplib loop", n, bare_loop(
+                            target, messages=n, sessions=SESSIONS, message=message)))
+                    if "send-now" in only:
+                        root = tmp / f"send-now-{rtt:g}"
+                        copy_database(base, root)
+                        run = measured("mailer send-now, SQLite", n,
+                                       [*MAILER, "send-now", "ml-issues", "--yes"],
+                                       env=_env(env, root, url), cwd=root)
+                        here.append(first_accepted(run, SQLITE, root))
+                    if "joined" in only:
+                        root = tmp / f"joined-{rtt:g}"
+                        copy_database(base, root)
+                        run = joined("send-now + worker joining, SQLite", n,
+                                     [*MAILER, "send-now", "ml-issues", "--yes"],
+                                     [*MAILER, "worker", "--once"], env=_env(env, root, url),
+                                     cwd=root, database=root / "var" / "mailer.db")
+                        here.append(first_accepted(run, SQLITE, root))
+                    for workers in (1, 2):
+                        if f"worker{workers}" in only and pg_run is not None:
+                            here.append(pg_run(workers, rtt, url))
+                    for run in here:
+                        run.rtt_ms = rtt
+                        print(_line(run, here), flush=True)
+                    runs += here
+        if args.fields:
+            with delayed(port, args.rtt_ms[0]) as target:
+                url = smtp_url(target, pipelining=not args.no_pipelining)
+                for run in field_runs(tmp, port=port, url=url, subscribers=n,
+                                      rounds=args.rounds):
+                    run.rtt_ms = args.rtt_ms[0]
+                    runs.append(run)
+    print()
     report(runs)
 
 
-def field_runs(tmp: Path, *, port: int, subscribers: int, rounds: int) -> list[Run]:
+def _env(env: dict[str, str], root: Path, url: str) -> dict[str, str]:
+    # schedules.yaml of the copied project, and the route to the sink of this round.
+    return {**env, "MAILER_CONFIG": str(root / "schedules.yaml"), "MAILER_SMTP_URL": url}
+
+
+def field_runs(tmp: Path, *, port: int, url: str, subscribers: int, rounds: int) -> list[Run]:
     """The plain issue and the one with three personal fields, to the same list (with a
     city each), `rounds` times each in the order ABBA…: a machine that slows down or
     speeds up during the run weighs on both alike."""
@@ -241,33 +169,69 @@ def field_runs(tmp: Path, *, port: int, subscribers: int, rounds: int) -> list[R
     for round_ in range(1, rounds + 1):
         for fields in ((False, True) if round_ % 2 else (True, False)):
             root = tmp / f"fields-{fields}-{round_}"
-            env = make_project(root, port=port, database_url="sqlite:///var/mailer.db",
+            env = make_project(root, port=port, database_url=SQLITE,
                                subscribers=subscribers, fields=fields, cities=True)
             label = "3 personal fields" if fields else "no fields"
-            runs.append(measured(f"send-now, SQLite, {label} #{round_}", subscribers,
-                                 [*MAILER, "send-now", "ml-issues", "--yes"], env=env, cwd=root))
+            run = measured(f"send-now, SQLite, {label} #{round_}", subscribers,
+                           [*MAILER, "send-now", "ml-issues", "--yes"],
+                           env=_env(env, root, url), cwd=root)
+            runs.append(first_accepted(run, SQLITE, root))
     return runs
 
 
-def postgres_runs(tmp: Path, *, port: int, subscribers: int) -> list[Run]:
+_PG = """\
+import sys
+sys.path.insert(0, sys.argv[1])
+from tests import pg
+pg.create_database(sys.argv[2], sys.argv[3], template=sys.argv[4] or None)
+print(pg.database_url(sys.argv[2], sys.argv[3]))
+"""
+
+
+@contextlib.contextmanager
+def postgres(tmp: Path, *, port: int, subscribers: int, wanted: bool) -> Iterator[
+        PgRun | None]:
+    """A throwaway PostgreSQL server with the list imported once (a template database);
+    yields how to run the workers on a fresh copy of it, or None when not wanted or not
+    possible here."""
+    if not wanted:
+        yield None
+        return
     sys.path.insert(0, str(REPO))
     from tests import pg  # the test suite's throwaway server, from Debian's binaries
 
     if pg.missing_reason():
         print(f"skipping PostgreSQL: {pg.missing_reason()}")
-        return []
-    runs = []
+        yield None
+        return
     with pg.server() as admin:
-        for workers in (1, 2):
-            url = pg.create_database(admin, f"bench{workers}")
-            root = tmp / f"pg{workers}"
-            env = make_project(root, port=port, database_url=url, subscribers=subscribers)
-            subprocess.run([*MAILER, "send-now", "ml-issues", "--queue"], env=env, cwd=root,
-                           check=True, stdout=subprocess.DEVNULL)
-            runs.append(measured_together(
-                f"mailer worker x{workers}, PostgreSQL", subscribers,
-                [[*MAILER, "worker", "--once"]] * workers, env, root))
-    return runs
+        def create(name: str, template: str = "") -> str:
+            # In a process of its own: asyncpg here would weigh on every later figure.
+            return subprocess.run([sys.executable, "-c", _PG, str(REPO), admin, name, template],
+                                  check=True, capture_output=True, text=True).stdout.strip()
+
+        root = tmp / "pg"
+        env = make_project(root, port=port, database_url=create("benchlist"),
+                           subscribers=subscribers)
+        yield PgRun(create, root, env, subscribers)
+
+
+class PgRun:
+    """`mailer worker --once` ×N on a fresh copy of the list, after `send-now --queue`."""
+
+    def __init__(self, create: Callable[[str, str], str], root: Path, env: dict[str, str],
+                 messages: int) -> None:
+        self.create, self.root, self.env, self.messages = create, root, env, messages
+
+    def __call__(self, workers: int, rtt: float, url: str) -> Run:
+        database = self.create(f"bench_{workers}_{rtt:g}".replace(".", "_"), "benchlist")
+        env = {**self.env, "MAILER_DATABASE_URL": database, "MAILER_SMTP_URL": url}
+        subprocess.run([*MAILER, "send-now", "ml-issues", "--queue"], env=env, cwd=self.root,
+                       check=True, stdout=subprocess.DEVNULL)
+        run = measured_together(f"mailer worker x{workers}, PostgreSQL", self.messages,
+                                [[*MAILER, "worker", "--once"]] * workers, env=env,
+                                cwd=self.root)
+        return first_accepted(run, database, self.root)
 
 
 def own_peak_rss_mb() -> float:
@@ -276,17 +240,30 @@ def own_peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+HEADER = (f"{'RTT ms':>6}  {'':38} {'msgs/s':>8} {'× source':>8} {'wall s':>7} {'CPU s':>7} "
+          f"{'peak RSS MB':>11} {'first msg s':>11}")
+
+
+def _line(run: Run, same_rtt: list[Run]) -> str:
+    source = next((r for r in same_rtt if r.name.startswith("smtp-source")), None)
+    ratio = f"{run.rate / source.rate:8.2f}" if source and source.rate else f"{'—':>8}"
+    first = f"{run.first_s:11.2f}" if run.first_s is not None else f"{'—':>11}"
+    return (f"{run.rtt_ms:6g}  {run.name:38} {run.rate:8,.0f} {ratio} {run.wall:7.1f} "
+            f"{run.cpu:7.1f} {run.rss_mb:11.1f} {first}  {run.note}").rstrip()
+
+
 def report(runs: list[Run]) -> None:
-    print(f"{'':38} {'msgs/s':>8} {'wall s':>8} {'CPU s':>8} {'peak RSS MB':>12}")
+    print(HEADER)
     for run in runs:
-        print(f"{run.name:38} {run.rate:8,.0f} {run.wall:8.1f} {run.cpu:8.1f} "
-              f"{run.rss_mb:12.1f}  {run.note}")
+        print(_line(run, [r for r in runs if r.rtt_ms == run.rtt_ms]))
     print(f"(no peak RSS reads below {own_peak_rss_mb():.1f} MB, this script's own: Linux "
           "counts a child's memory from before its exec)")
-    by_name = {run.name: run for run in runs}
-    bare, ours = by_name.get("bare aiosmtplib loop"), by_name.get("mailer send-now, SQLite")
-    if bare and ours:
-        print(f"\nmailer send-now / bare aiosmtplib loop: {ours.rate / bare.rate:.2f}")
+    for rtt in sorted({run.rtt_ms for run in runs}):
+        by_name = {run.name: run for run in runs if run.rtt_ms == rtt}
+        bare, ours = by_name.get("bare aiosmtplib loop"), by_name.get("mailer send-now, SQLite")
+        if bare and ours:
+            print(f"RTT {rtt:g} ms: mailer send-now / bare aiosmtplib loop: "
+                  f"{ours.rate / bare.rate:.2f}")
     plain = [run.rate for run in runs if "no fields" in run.name]
     fields = [run.rate for run in runs if "personal fields" in run.name]
     if plain and fields:

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import NamedTuple
 
-from mailer.states import DeliveryStatus, SendStatus, SubscriptionStatus
+from mailer.states import DeliveryStatus, SendKind, SendStatus, SubscriptionStatus
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +50,15 @@ class ArchivedIssue:
     subject: str
     preheader: str
     sent_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class DueWindow:
+    """Who an automatic email is for now: readers whose `sequence_from` lies in
+    [not_before, due_by] (see mailer.content.automations.due_window)."""
+
+    not_before: datetime
+    due_by: datetime
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +108,7 @@ class SendRow:
     finished_at: datetime | None
     queued_through: int  # the highest subscription id queued so far
     queued_at: datetime | None  # when the last chunk was queued (None: more to queue)
+    kind: SendKind = SendKind.ISSUE  # an issue, or an automatic email (welcome, step)
 
 
 @dataclass(frozen=True, slots=True)

@@ -23,6 +23,15 @@ class SendStatus(enum.StrEnum):
     FINISHED = "finished"
 
 
+class SendKind(enum.StrEnum):
+    """What a send carries: an issue, or one of a newsletter's automatic emails (never in
+    the archive, never picked as a due issue, queued reader by reader as each is due)."""
+
+    ISSUE = "issue"
+    WELCOME = "welcome"  # welcome.md: once to each reader when they confirm
+    STEP = "step"  # sequence/*.md: once to each reader, `after` their confirmation
+
+
 class DeliveryStatus(enum.StrEnum):
     PENDING = "pending"  # waiting, or claimed by a worker (claimed_by set) but not started
     SENDING = "sending"  # its body has started to leave: ambiguous if the sender dies now

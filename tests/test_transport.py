@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
+from mailer.delivery.replies import MalformedReply, Reply, ReplyParser, first_refusal
 from mailer.delivery.targets import parse_smtp_url
 from mailer.delivery.transport import SmtpTransport
 from mailer.delivery.wire import classify, wire_form
@@ -33,8 +34,18 @@ def certificate(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path
 
 
 class _Inbox:
+    """Offers PIPELINING, so the TLS tests take the pipelined path (over TLS, the reply
+    reader takes the TLS transport's reads over)."""
+
     def __init__(self) -> None:
         self.messages: list[bytes] = []
+        self.ehlo_count = 0
+
+    async def handle_EHLO(self, server: SMTP, session: Session, envelope: Envelope,
+                          hostname: str, responses: list[str]) -> list[str]:
+        session.host_name = hostname
+        self.ehlo_count += 1
+        return [*responses[:-1], "250-PIPELINING", responses[-1]]
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         self.messages.append(envelope.original_content or b"")
@@ -131,6 +142,9 @@ def test_smtp_urls_map_to_ports_and_tls_modes() -> None:
     starttls = parse_smtp_url("smtp://me%40example.com@mx.example.com?starttls=true")
     assert (starttls.port, starttls.start_tls, starttls.username) == (587, True, "me@example.com")
     assert parse_smtp_url("smtp://127.0.0.1:2525").port == 2525
+    # Pipelining where offered, unless turned off (to compare, or for a relay that lies).
+    assert parse_smtp_url("smtp://mx.example.com").pipelining is True
+    assert parse_smtp_url("smtp://mx.example.com?pipelining=off").pipelining is False
 
 
 async def test_a_message_with_bare_newlines_and_leading_dots_arrives_intact() -> None:
@@ -161,3 +175,60 @@ async def test_envelope_addresses_arrive_as_the_server_must_see_them(
         finally:
             await transport.aclose()
     assert [(m.mail_from, m.rcpt_tos) for m in server.messages] == [(sender, [recipient])] * 2
+
+
+# -- PIPELINING (RFC 2920): replies read in order, however the reads split them --------------
+
+REPLIES = (b"250 2.1.0 Ok\r\n250-2.1.5 Ok\r\n250 more\r\n354 End data with <CR><LF>.<CR><LF>\r\n"
+           b"250\r\n")
+
+
+def _parsed(*reads: bytes) -> list[Reply]:
+    parser, got = ReplyParser(), []
+    for data in reads:
+        parser.feed(data)
+        while (reply := parser.next_reply()) is not None:
+            got.append(reply)
+    return got
+
+
+def test_pipelined_replies_come_out_in_order_wherever_the_reads_split_them() -> None:
+    expected = [Reply(250, "2.1.0 Ok"), Reply(250, "2.1.5 Ok\nmore"),
+                Reply(354, "End data with <CR><LF>.<CR><LF>"), Reply(250, "")]
+    assert _parsed(REPLIES) == expected
+    for cut in range(len(REPLIES)):
+        for second in range(cut, len(REPLIES)):
+            assert _parsed(REPLIES[:cut], REPLIES[cut:second], REPLIES[second:]) == expected
+
+
+@pytest.mark.parametrize("stream", [b"hello\r\n", b"25x Ok\r\n", b"2" * 9000])
+def test_what_is_not_an_smtp_reply_is_refused(stream: bytes) -> None:
+    with pytest.raises(MalformedReply):
+        ReplyParser().feed(stream)
+
+
+@pytest.mark.parametrize(("codes", "refused"), [
+    ((250, 250, 354), None), ((250, 251, 354), None),
+    ((250, 550, 554), 550), ((451, 503, 503), 451), ((250, 250, 452), 452), ((250, 421), 421),
+])
+def test_the_first_refusal_of_a_flight_is_the_one_that_counts(
+        codes: tuple[int, ...], refused: int | None) -> None:
+    found = first_refusal([Reply(code, "") for code in codes])
+    assert (found.code if found else None) == refused
+
+
+async def test_a_421_to_a_pipelined_rcpt_is_the_relays_trouble_and_nothing_is_sent() -> None:
+    from tests.test_pipelining import PipeliningServer
+
+    closing = "421 4.3.2 shutting down"
+    async with PipeliningServer(reject_rcpt={"b@example.com": closing}) as server:
+        transport = SmtpTransport(parse_smtp_url(f"smtp://127.0.0.1:{server.port}"))
+        try:
+            with pytest.raises(RelayUnavailable, match="closing: 421 4.3.2 shutting down"):
+                await transport.send("a@example.com", "b@example.com", MESSAGE)
+            # A new connection carries the next one; the refused one never arrived.
+            await transport.send("a@example.com", "c@example.com", MESSAGE)
+        finally:
+            await transport.aclose()
+    assert [m.rcpt_tos for m in server.messages] == [["c@example.com"]]
+    assert server.connections == 2

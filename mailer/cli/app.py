@@ -8,6 +8,7 @@ from typing import Annotated, Any
 
 import typer
 
+from mailer.cli import automations as cli_automations
 from mailer.cli import bounces as cli_bounces
 from mailer.cli import subscribers as cli_subscribers
 from mailer.cli.common import (
@@ -24,6 +25,7 @@ app = typer.Typer(no_args_is_help=True, add_completion=False,
                   help="Markdown newsletters delivered on schedule, exactly once.")
 app.add_typer(cli_subscribers.app, name="subscribers")
 app.add_typer(cli_bounces.app, name="bounces")
+app.add_typer(cli_automations.app, name="automations")
 
 
 @app.callback()

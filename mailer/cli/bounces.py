@@ -9,18 +9,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, NoReturn, Protocol
 
 import typer
-from rich import box
 from rich.markup import escape
-from rich.table import Column, Table
 
 from mailer.cli.common import err, fails_cleanly, now, open_store, out, run_async, state
-from mailer.config import Config
 from mailer.errors import ConfigError, InputError, MailerError
 from mailer.rows import ReturnedRow
-from mailer.store.db import unavailable
 
 if TYPE_CHECKING:
     from mailer.bounces import Applied
+    from mailer.config import Config
 
 app = typer.Typer(no_args_is_help=True, help="Bounces and complaints: apply one, list them.")
 
@@ -83,6 +80,8 @@ def bounces_process(
     except MailerError as exc:
         _fail(str(exc), exc.exit_code)
     except Exception as exc:
+        from mailer.store.db import unavailable
+
         if not unavailable(exc):
             raise
         _fail(f"the database is unreachable: {_first_line(exc)} (the MTA retries)",
@@ -111,6 +110,9 @@ def bounces_list(
     if not rows:
         out.print("nothing came back" + (f" for {list_}" if list_ else ""), highlight=False)
         return
+    from rich import box
+    from rich.table import Column, Table
+
     table = Table(Column("when (UTC)", no_wrap=True), Column("address", no_wrap=True),
                   "kind", "reply", Column("issue", no_wrap=True), "via",
                   box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)

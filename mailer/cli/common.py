@@ -7,17 +7,18 @@ from collections.abc import Callable, Coroutine
 from datetime import datetime
 from functools import wraps
 from pathlib import Path
-from typing import Any, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 
-from mailer import config as config_mod
-from mailer.config import Config
 from mailer.errors import MailerError
 from mailer.states import utcnow
-from mailer.store import OpeningStore, Store
+
+if TYPE_CHECKING:  # loaded by the commands that use them: `mailer --help` needs neither
+    from mailer.config import Config
+    from mailer.store import OpeningStore
 
 out = Console()
 err = Console(stderr=True)
@@ -32,6 +33,8 @@ class State:
 
     def config(self) -> Config:
         if self._config is None:
+            from mailer import config as config_mod
+
             self._config = config_mod.load(self.config_path)
         return self._config
 
@@ -73,4 +76,6 @@ def now(cfg: Config) -> datetime:
 
 def open_store(cfg: Config) -> OpeningStore:
     """The configured database: `async with open_store(cfg) as store:` closes it after."""
+    from mailer.store import Store
+
     return Store.open(cfg.settings.database_url)

@@ -8,8 +8,9 @@ from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Protocol
 
-from mailer.rows import SendRow, SubscriberRow
+from mailer.rows import DueWindow, SendRow, SubscriberRow
 from mailer.states import DeliveryStatus, SubscriptionStatus
+from mailer.store.automations import AutomaticCounts
 from mailer.subscriptions import SubscriberStore
 from mailer.subscriptions.manage import ErasedStore
 
@@ -37,13 +38,18 @@ class StatusStore(Protocol):
 
     async def return_counts(self, send_id: int) -> dict[str, int]: ...
 
+    async def automatic_sends(self, newsletter: str) -> list[SendRow]: ...
+
+    async def automatic_counts(self, send: SendRow, window: DueWindow) -> AutomaticCounts: ...
+
 
 class ListStore(SubscriberStore, ErasedStore, Protocol):
     """`mailer subscribers …`: add, import, export, list and remove."""
 
     async def import_subscribers(
         self, rows: Iterable[tuple[str, str] | tuple[str, str, Mapping[str, str]]], *,
-        newsletter: str, confirmed: bool) -> int: ...
+        newsletter: str, confirmed: bool, welcome: bool = False,
+        now: datetime | None = None) -> int: ...
 
     async def attribute_keys(self, *, newsletter: str,
                              status: SubscriptionStatus | None = None) -> list[str]: ...

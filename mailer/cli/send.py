@@ -18,14 +18,11 @@ from rich.table import Table
 
 from mailer import logs
 from mailer.config import Config, Newsletter
-from mailer.content import render
 from mailer.delivery.message import letter_of
 from mailer.delivery.signing import DkimSigner, signer_from_settings
-from mailer.delivery.single import send_one
 from mailer.errors import InputError
 from mailer.rows import DeliveryCounts, Outcome, SendRow
 from mailer.sending import prepare
-from mailer.sending.preview import sample_message
 from mailer.sending.report import Report, deliver_with_report
 from mailer.sending.sender import Sender
 from mailer.states import DeliveryStatus, SendStatus
@@ -102,6 +99,8 @@ def _skipped(skip: prepare.Skip, console: Console) -> int:
 def _warn_if_forced(prepared: prepare.Prepared, console: Console) -> None:
     # Past the guard and still clipped: --force said to send it anyway.
     if prepared.rendered.clipped:
+        from mailer.content import render
+
         console.print(f"[yellow]warning: {prepared.issue.path}: "
                       f"{render.clip_warning(prepared.rendered)}; sending anyway (--force)"
                       "[/yellow]", soft_wrap=True)
@@ -124,8 +123,13 @@ async def _dry_run_or_test_copy(cfg: Config, newsletter: Newsletter, store: Stor
         console.print(f"nothing to send: {newsletter.id} has no due issue")
         return 0
     letter = letter_of(newsletter, picked.rendered, base_url=cfg.settings.base_url)
+    # Here, not at the top: a resumed send-now renders nothing and loads no renderer.
+    from mailer.content import render
+
     if to:
         from mailer.addresses import normalize_email
+        from mailer.delivery.single import send_one
+        from mailer.sending.preview import sample_message
 
         address = normalize_email(to, where="--to")
         refused = prepare.refuse_clipped(picked, force=force)
@@ -151,7 +155,7 @@ async def _dry_run_or_test_copy(cfg: Config, newsletter: Newsletter, store: Stor
     return 0
 
 
-class _ProgressBar:
+class ProgressBar:
     """The delivery report as a rich progress bar (a DeliveryObserver).
 
     Temporary refusals (greylisting: 451 on RCPT) are retried after everyone else: while
@@ -209,8 +213,8 @@ async def _deliver_with_progress(cfg: Config, newsletter: Newsletter, store: Sto
             console.print(f"[yellow]{sender.unknown_released} delivery(ies) were in flight "
                           "when a sender died: recorded as unknown[/yellow]")
         with Progress(*columns, console=console, transient=False) as progress, \
-                _stop_on_interrupt(sender):
-            bar = _ProgressBar(progress, f"{newsletter.id}/{send.slug}")
+                stop_on_interrupt(sender):
+            bar = ProgressBar(progress, f"{newsletter.id}/{send.slug}")
             report = await deliver_with_report(sender, send, newsletter, bar)
     console.print(_summary(report.counts))
     for email, _, reply in await store.failures(send.id):
@@ -236,7 +240,7 @@ async def _deliver_with_progress(cfg: Config, newsletter: Newsletter, store: Sto
 
 
 @contextlib.contextmanager
-def _stop_on_interrupt(sender: Sender) -> Iterator[None]:
+def stop_on_interrupt(sender: Sender) -> Iterator[None]:
     """Ctrl-C stops taking new messages and lets those in flight finish and be recorded, so
     the summary says what is left; a second Ctrl-C interrupts at once."""
     loop = asyncio.get_running_loop()

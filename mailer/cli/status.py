@@ -7,6 +7,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 from rich import box
+from rich.markup import escape
 from rich.table import Column, Table
 
 from mailer.bounces import Level, ReturnRates
@@ -19,7 +20,10 @@ from mailer.bounces.rates import (
 from mailer.cli.common import now, open_store, out, run_async
 from mailer.cli.ports import StatusStore
 from mailer.config import Config
-from mailer.rows import DeliveryCounts, SendRow
+from mailer.content.automations import describe_after, due_window, load_automatic_emails
+from mailer.content.issues import WELCOME_FILE
+from mailer.errors import ContentError
+from mailer.rows import DeliveryCounts, DueWindow, SendRow
 from mailer.schedule import describe, next_fire_time
 from mailer.states import SendStatus, utcnow
 
@@ -31,16 +35,19 @@ def show(cfg: Config, newsletter: str | None) -> None:
     if newsletter:
         cfg.newsletter(newsletter)
 
-    async def go() -> tuple[Table, tuple[Table, Table | None], list[str]]:
+    async def go() -> tuple[Table, tuple[Table, Table | None], Table | None, list[str]]:
         async with open_store(cfg) as store:
             return (await _schedules(cfg, store, newsletter), await _sends(store, newsletter),
+                    await _automatic(cfg, store, newsletter),
                     await _problems(cfg, store, newsletter))
 
-    schedule_table, (sends_table, after_table), notes = run_async(go())
+    schedule_table, (sends_table, after_table), automatic, notes = run_async(go())
     out.print(schedule_table)
     out.print(sends_table)
     if after_table is not None:
         out.print(after_table)
+    if automatic is not None:
+        out.print(automatic)
     for line in notes:
         out.print(line, highlight=False, markup=False, soft_wrap=True)
 
@@ -91,6 +98,37 @@ async def _sends(store: StatusStore, newsletter: str | None) -> tuple[Table, Tab
                       _percent(r.rate(r.soft)),
                       _percent(r.rate(r.complaints), r.complaint_level, digits=2))
     return progress, after if anything_after else None
+
+
+async def _automatic(cfg: Config, store: StatusStore, newsletter: str | None) -> Table | None:
+    """Each automatic email: when it goes, and how many readers had it, have it queued,
+    are still to get it, or were refused; None when no newsletter has any."""
+    table = Table(Column("automatic email", no_wrap=True), "goes", "sent", "queued",
+                  "waiting", "failed", box=box.SIMPLE_HEAD, pad_edge=False,
+                  collapse_padding=True, title="automatic emails", title_justify="left")
+    shown = [cfg.newsletter(newsletter)] if newsletter else list(cfg.newsletters.values())
+    catch_up = timedelta(hours=cfg.settings.catch_up_hours)
+    for n in shown:
+        try:
+            files = {e.slug: e for e in load_automatic_emails(n.issues, tz=n.tz)}
+        except ContentError as exc:  # the status of what went out still shows
+            files = {}
+            table.add_row(f"{n.id}/…", f"[red]{escape(str(exc))}[/red]", "", "", "", "")
+        sends = {send.slug: send for send in await store.automatic_sends(n.id)}
+        for slug in sorted(set(files) | set(sends), key=lambda s: (s != WELCOME_FILE, s)):
+            email, send = files.get(slug), sends.get(slug)
+            goes = (describe_after(email) + (" (draft)" if email.status == "draft" else "")
+                    if email is not None else "file removed")
+            if send is None:  # never run since it was written
+                table.add_row(f"{n.id}/{slug}", goes, "0", "0", "-", "0")
+                continue
+            window = due_window(email, first_seen=send.created_at, now=now(cfg),
+                                catch_up=catch_up) if email is not None else None
+            c = await store.automatic_counts(send, window or DueWindow(
+                not_before=send.created_at, due_by=send.created_at))
+            table.add_row(f"{n.id}/{slug}", goes, str(c.sent), str(c.queued),
+                          str(c.waiting) if window is not None else "-", str(c.failed))
+    return table if table.row_count else None
 
 
 async def _problems(cfg: Config, store: StatusStore, newsletter: str | None) -> list[str]:

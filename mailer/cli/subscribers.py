@@ -6,20 +6,22 @@ import csv
 import sys
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.table import Table
 
-from mailer import subscriptions
-from mailer.cli.common import err, fails_cleanly, open_store, out, run_async, state
-from mailer.cli.ports import ListStore
-from mailer.config import Config
+from mailer.cli.common import err, fails_cleanly, now, open_store, out, run_async, state
 from mailer.errors import InputError
 from mailer.states import SubscriptionStatus
-from mailer.subscriptions import attributes as attrs
-from mailer.subscriptions import csvcells
-from mailer.subscriptions.manage import refuse_erased
+
+if TYPE_CHECKING:
+    from rich.table import Table
+
+    from mailer.cli.ports import ListStore
+    from mailer.config import Config
+
+# The use cases are imported inside each command: building the `mailer` command (for
+# `send-now`, `worker`, `--help`) must not load the renderer, SMTP or the database.
 
 app = typer.Typer(no_args_is_help=True, help="Add, import, export and remove subscribers.")
 
@@ -45,6 +47,10 @@ def subscribers_add(
         "--confirmed", help="skip double opt-in (only for people who already agreed)")] = False,
 ) -> None:
     """Add one subscriber (pending, with a confirmation email, unless --confirmed)."""
+    from mailer import subscriptions
+    from mailer.subscriptions import attributes as attrs
+    from mailer.subscriptions.manage import refuse_erased
+
     cfg = state.config()
     newsletter = cfg.newsletter(list_)
     attributes = attrs.parse_options(attr or [])
@@ -64,11 +70,20 @@ def subscribers_add(
 def subscribers_import(
     file: Path, list_: ListOpt,
     confirmed: Annotated[bool, typer.Option("--confirmed")] = False,
+    welcome: Annotated[bool, typer.Option(
+        "--welcome", help="with --confirmed: start the welcome email and the sequence for "
+                          "those it confirms (an import starts none by itself)")] = False,
 ) -> None:
     """Import a CSV (email[,name[,KEY…]], or an export; columns after the name are attributes
     named by the header); a bad row stops it and nothing is stored."""
+    from mailer import subscriptions
+    from mailer.subscriptions.manage import refuse_erased
+
     cfg = state.config()
     newsletter = cfg.newsletter(list_)
+    if welcome and not confirmed:
+        raise InputError("--welcome goes with --confirmed: pending readers get the welcome "
+                         "email when they confirm", field="--welcome")
     rows = subscriptions.read_import(file, confirmed=confirmed)
 
     async def go() -> int:
@@ -76,7 +91,8 @@ def subscribers_import(
             if confirmed:
                 await refuse_erased(cfg, store, (row.email for row in rows), file=file)
             return await store.import_subscribers(rows, newsletter=newsletter.id,
-                                                  confirmed=confirmed)
+                                                  confirmed=confirmed, welcome=welcome,
+                                                  now=now(cfg))
 
     count = run_async(go())
     state_word = "confirmed" if confirmed else "pending"
@@ -99,6 +115,9 @@ def subscribers_export(
     list_: ListOpt, status: Annotated[str | None, typer.Option(help="only this state")] = None,
 ) -> None:
     """Write the subscribers as CSV to stdout."""
+    from mailer.subscriptions import attributes as attrs
+    from mailer.subscriptions import csvcells
+
     cfg = state.config()
     newsletter = cfg.newsletter(list_)
     wanted = _status_option(status)
@@ -126,6 +145,8 @@ def subscribers_list(
     list_: ListOpt, status: Annotated[str | None, typer.Option(help="only this state")] = None,
 ) -> None:
     """Show the subscribers of a newsletter."""
+    from rich.table import Table
+
     cfg = state.config()
     newsletter = cfg.newsletter(list_)
     wanted = _status_option(status)

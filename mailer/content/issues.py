@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, time, tzinfo
+from datetime import UTC, date, datetime, time, timedelta, tzinfo
 from pathlib import Path
 from typing import Any, Literal
 
@@ -13,8 +13,16 @@ from mailer.addresses import LINE_BREAKS
 from mailer.config.yamlfile import line_of, load_yaml
 from mailer.content import fields
 from mailer.errors import ContentError
+from mailer.states import SendKind
 
 KEYS = ("subject", "status", "send_after", "preheader")
+# What each kind of file may say: an automatic email goes when a reader is due for it, so
+# it has no send_after; a sequence step says how long after the confirmation.
+_KEYS_OF = {SendKind.ISSUE: KEYS, SendKind.WELCOME: ("subject", "status", "preheader"),
+            SendKind.STEP: ("subject", "status", "preheader", "after")}
+WELCOME_FILE = "welcome.md"
+SEQUENCE_FOLDER = "sequence"
+_AFTER = re.compile(r"(\d+(?:\.\d+)?)\s*(minute|hour|day|week)s?", re.IGNORECASE)
 STATUSES = ("ready", "draft")
 _SLUG = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 # Every character Python or an MTA may treat as a line break, plus NUL: in a Subject header
@@ -34,6 +42,10 @@ class Issue:
     send_after: datetime | None
     preheader: str
     body: str
+    # An automatic email (welcome.md, sequence/*.md) rather than an issue; a step says how
+    # long after a reader's confirmation it goes (the welcome email: at once).
+    kind: SendKind = SendKind.ISSUE
+    after: timedelta = timedelta(0)
     # Where the body and the front-matter values start in the file, for the line of a
     # personal field (see fields.uses).
     body_line: int = 1
@@ -48,13 +60,27 @@ class Issue:
                 *fields.uses(self.body, file=file, first_line=self.body_line)]
 
 
-def parse_issue(text: str, *, path: Path, tz: tzinfo = UTC) -> Issue:
+def kind_of(path: Path) -> SendKind:
+    """What a Markdown file in a newsletter's folder is, by where it lies."""
+    if path.name == WELCOME_FILE:
+        return SendKind.WELCOME
+    if path.parent.name == SEQUENCE_FOLDER:
+        return SendKind.STEP
+    return SendKind.ISSUE
+
+
+def parse_issue(text: str, *, path: Path, tz: tzinfo = UTC,
+                kind: SendKind | None = None) -> Issue:
     """Parse an issue: a `---` YAML front matter block, then the Markdown body.
 
     Front matter keys: `subject` (required, one line), `status` (`ready` or `draft`; the
     default is `draft`, so an issue is never sent because a line was forgotten),
     `send_after` (a date means 00:00 in `tz`; a date and time without offset is in `tz`)
-    and `preheader` (optional inbox preview text).
+    and `preheader` (optional inbox preview text). An automatic email (`kind`, by default
+    read from the path: welcome.md, sequence/*.md) has no `send_after`; a sequence step
+    must say `after: 3 days` (minutes, hours, days or weeks after the confirmation). Its
+    slug is its path in the folder (`welcome.md`, `sequence/day-3.md`), which no issue's
+    file stem can be.
 
     The subject, preheader and body may hold personal fields (mailer.content.fields) and
     nothing else of a template: anything else between `{{ }}`, and any `{%` or `{#`, is
@@ -64,6 +90,7 @@ def parse_issue(text: str, *, path: Path, tz: tzinfo = UTC) -> Issue:
         ContentError: naming the file, the line and the front-matter key.
     """
     file = str(path)
+    kind = kind_of(Path(path)) if kind is None else kind
     slug = Path(path).stem
     if not _SLUG.fullmatch(slug):
         raise ContentError("an issue's file name is its web address: use letters, digits, "
@@ -82,17 +109,24 @@ def parse_issue(text: str, *, path: Path, tz: tzinfo = UTC) -> Issue:
         data = {}
     if not isinstance(data, dict):
         raise ContentError("expected front matter as key: value lines", file=file, line=2)
+    keys = _KEYS_OF[kind]
     for key in data:
-        if key not in KEYS:
-            raise ContentError(f"unknown front-matter key (expected one of: {', '.join(KEYS)})",
+        if key not in keys:
+            raise ContentError(f"unknown front-matter key (expected one of: {', '.join(keys)})",
                                file=file, line=key_lines.get((str(key),)), field=str(key))
 
     def fail(key: str, message: str) -> ContentError:
         return ContentError(message, file=file, line=line_of(key_lines, (key,)) or 1, field=key)
 
     body = "\n".join(lines[end + 1:])
+    if kind is SendKind.WELCOME:
+        slug = WELCOME_FILE
+    elif kind is SendKind.STEP:
+        slug = f"{SEQUENCE_FOLDER}/{Path(path).name}"
     issue = Issue(
         slug=slug,
+        kind=kind,
+        after=_after(data.get("after"), fail) if kind is SendKind.STEP else timedelta(0),
         path=Path(path),
         subject=_subject(data.get("subject"), fail),
         status=_status(data.get("status", "draft"), fail),
@@ -147,6 +181,18 @@ def _send_after(value: Any, tz: tzinfo, fail: _Fail) -> datetime | None:
                              f"(2026-12-07 09:00), got {value!r}")
 
 
+def _after(value: Any, fail: _Fail) -> timedelta:
+    if value is None:
+        raise fail("after", "required in a sequence step: how long after the reader "
+                            "confirmed it goes, e.g. after: 3 days")
+    match = _AFTER.fullmatch(value.strip()) if isinstance(value, str) else None
+    if match is None:
+        raise fail("after", f"expected a number and a unit (minutes, hours, days or weeks), "
+                            f"e.g. 3 days, got {value!r}")
+    unit = match.group(2).lower()
+    return timedelta(**{f"{unit}s": float(match.group(1))})
+
+
 def _preheader(value: Any, fail: _Fail) -> str:
     if value is None:
         return ""
@@ -177,8 +223,10 @@ def load_issues(directory: Path, *, tz: tzinfo = UTC) -> list[Issue]:
     directory = Path(directory)
     if not directory.is_dir():
         raise ContentError("issues folder not found", file=str(directory))
+    # welcome.md is the newsletter's welcome email, never one of its issues.
     paths = sorted(p for p in directory.glob("*.md")
-                   if p.is_file() and not p.name.startswith((".", "_")))
+                   if p.is_file() and not p.name.startswith((".", "_"))
+                   and p.name != WELCOME_FILE)
     return [load_issue(p, tz=tz) for p in paths]
 
 

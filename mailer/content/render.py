@@ -24,6 +24,7 @@ from mailer.content.rendered import (
     RenderedIssue,
 )
 from mailer.errors import ContentError, RenderError
+from mailer.states import SendKind
 
 if TYPE_CHECKING:
     from mailer.config import Newsletter, Settings
@@ -116,7 +117,10 @@ def render_issue_mjml(
 
 
 def issue_web_url(issue: Issue, newsletter: Newsletter, settings: Settings) -> str:
-    """The public address of the issue's web view."""
+    """The public address of the issue's web view; for an automatic email, which the
+    archive never shows, the newsletter's archive."""
+    if issue.kind is not SendKind.ISSUE:
+        return f"{settings.base_url}/issues/{newsletter.id}"
     return f"{settings.base_url}/issues/{newsletter.id}/{quote(issue.slug)}"
 
 

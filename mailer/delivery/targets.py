@@ -48,6 +48,7 @@ class SmtpTarget:
     use_tls: bool = False  # smtps:// — TLS from the first byte (port 465)
     start_tls: bool | None = None  # None: upgrade if the server offers it
     validate_certs: bool = True
+    pipelining: bool = True  # ?pipelining=off: one command per round trip even if offered
     timeouts: SmtpTimeouts = SmtpTimeouts()
 
     @property
@@ -57,9 +58,15 @@ class SmtpTarget:
         return f"{host}:{self.port}"
 
 
+_OFF = ("0", "false", "no", "off")
+
+
 def parse_smtp_url(url: str, *, password: str | None = None,
                    timeouts: SmtpTimeouts | None = None) -> SmtpTarget:
     """`smtp://user@host:587?starttls=true`, `smtps://host:465`, `smtp://127.0.0.1:2525`.
+
+    Query flags: `starttls`, `verify` (the certificate) and `pipelining` (RFC 2920, on
+    where the server offers it).
 
     Raises:
         ConfigError: an unknown scheme, no host, or a password written into the URL.
@@ -83,7 +90,8 @@ def parse_smtp_url(url: str, *, password: str | None = None,
         password=password,
         use_tls=use_tls,
         start_tls=start_tls,
-        validate_certs=query.get("verify", "true") not in ("0", "false", "no"),
+        validate_certs=query.get("verify", "true") not in _OFF,
+        pipelining=query.get("pipelining", "on") not in _OFF,
         timeouts=timeouts or SmtpTimeouts(),
     )
 

@@ -8,6 +8,7 @@ import logging
 import os
 import signal
 import socket
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +17,10 @@ import uvicorn
 from mailer import config as config_mod
 from mailer import content, logs
 from mailer.config import Config
+from mailer.content.automations import automatic_paths, load_automatic_emails
 from mailer.delivery.signing import signer_from_settings
 from mailer.errors import MailerError
+from mailer.runners.automations import AutomationRunner
 from mailer.runners.returns import ReturnPaths
 from mailer.runners.scheduler import Scheduler
 from mailer.runners.slots import LoadedFiles, SlotRunner
@@ -37,11 +40,13 @@ RESTART_SETTINGS = ("database_url", "smtp_url", "smtp_timeout_scale", "host", "p
 
 
 def fingerprint(config: Config) -> tuple[object, ...]:
-    """Size and mtime of schedules.yaml and of every issue file: it changes with any edit."""
+    """Size and mtime of schedules.yaml, of every issue file and of every automatic email:
+    it changes with any edit."""
     paths = [config.path]
     for newsletter in config.newsletters.values():
         with contextlib.suppress(OSError):
             paths += sorted(newsletter.issues.glob("*.md"))
+            paths += automatic_paths(newsletter.issues)
     stats: list[object] = []
     for path in paths:
         try:
@@ -61,7 +66,9 @@ def load_snapshot(path: Path) -> LoadedFiles:
     config = config_mod.load(path)
     seen = fingerprint(config)
     issues = {n.id: content.load_issues(n.issues, tz=n.tz) for n in config.newsletters.values()}
-    return LoadedFiles(config=config, issues=issues, fingerprint=seen)
+    automatic = {n.id: load_automatic_emails(n.issues, tz=n.tz)
+                 for n in config.newsletters.values()}
+    return LoadedFiles(config=config, issues=issues, fingerprint=seen, automatic=automatic)
 
 
 def listen(host: str, port: int) -> socket.socket:
@@ -120,6 +127,11 @@ class Daemon:
                                 refresh=self.check_files)
             slots = asyncio.create_task(runner.run_until_stopped(), name="mailer-slots")
             stack.callback(slots.cancel)  # only matters when starting up failed
+            automations = AutomationRunner(store, sender, self.clock,
+                                           snapshot=lambda: self.snapshot)
+            automatic = asyncio.create_task(automations.run_until_stopped(),
+                                            name="mailer-automations")
+            stack.callback(automatic.cancel)
             scheduler = self._scheduler = await stack.enter_async_context(
                 Scheduler(runner, store, self.clock))
             self._install_signals()
@@ -127,7 +139,7 @@ class Daemon:
             # What comes back: the bounce receiver and mailbox the settings ask for.
             returns = await stack.enter_async_context(
                 ReturnPaths(lambda: self.snapshot.config, store))
-            web = self._start_web(store, sock, returns)
+            web = self._start_web(store, sock, returns, on_confirmed=automations.request)
             watch = asyncio.create_task(self._watch(), name="mailer-watch")
             where = "{}:{}".format(*sock.getsockname()[:2])
             log.info("running", extra={"pid": os.getpid(), "http": where,
@@ -137,7 +149,8 @@ class Daemon:
             scheduler.stop()
             watch.cancel()
             runner.stop()
-            await self._drain(slots, sender, settings.shutdown_grace_seconds)
+            automations.stop()
+            await self._drain(slots, automatic, sender, settings.shutdown_grace_seconds)
             web[0].should_exit = True
             await asyncio.wait([web[1]], timeout=ABORT_WAIT_SECONDS)
         log.info("stopped", extra={"exit_code": self.exit_code})
@@ -174,27 +187,32 @@ class Daemon:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _drain(self, slots: asyncio.Task[None], sender: Sender, grace: float) -> None:
+    async def _drain(self, slots: asyncio.Task[None], automatic: asyncio.Task[None],
+                     sender: Sender, grace: float) -> None:
         # In-flight SMTP transactions get `grace` seconds to end on their own; then their
         # connections are cut, which still records each one's outcome (unknown where the
         # server had the whole message). Only a hung database is left to the cancel.
-        done, _ = await asyncio.wait([slots], timeout=grace)
-        if not done:
+        sending = [slots, automatic]
+        _, pending = await asyncio.wait(sending, timeout=grace)
+        if pending:
             log.warning("grace period over: cutting in-flight SMTP transactions",
                         extra={"grace_seconds": grace})
             sender.abort()
-            done, _ = await asyncio.wait([slots], timeout=ABORT_WAIT_SECONDS)
-        if not done:
+            _, pending = await asyncio.wait(sending, timeout=ABORT_WAIT_SECONDS)
+        if pending:
             log.error("sending did not stop: cancelled")
-            slots.cancel()
-            await asyncio.wait([slots], timeout=ABORT_WAIT_SECONDS)
+            for task in pending:
+                task.cancel()
+            await asyncio.wait(pending, timeout=ABORT_WAIT_SECONDS)
 
-    def _start_web(self, store: Store, sock: socket.socket, returns: ReturnPaths
+    def _start_web(self, store: Store, sock: socket.socket, returns: ReturnPaths, *,
+                   on_confirmed: Callable[[str], None]
                    ) -> tuple[uvicorn.Server, asyncio.Task[None]]:
         relays = self._sender.relays if self._sender is not None else None
         self.app = create_app(self.snapshot.config, store=store,
                               relay_health=relays.health if relays is not None else None,
-                              returned_events=returns.provider_event)
+                              returned_events=returns.provider_event, clock=self.clock,
+                              on_confirmed=on_confirmed)
         server = EmbeddedServer(server_config(
             self.app, self.snapshot.config.settings, lifespan="on", log_config=None,
             access_log=False, timeout_graceful_shutdown=3))
@@ -254,7 +272,8 @@ class Daemon:
                 await self._scheduler.apply(fresh.config)
             log.info("configuration reloaded", extra={
                 "reason": reason, "newsletters": ", ".join(fresh.config.newsletters) or "none",
-                "issues": sum(len(i) for i in fresh.issues.values())})
+                "issues": sum(len(i) for i in fresh.issues.values()),
+                "automatic_emails": sum(len(a) for a in fresh.automatic.values())})
             stale = [k for k in RESTART_SETTINGS
                      if getattr(old.config.settings, k) != getattr(settings, k)]
             if stale:

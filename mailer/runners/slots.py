@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
@@ -33,12 +33,13 @@ log = logging.getLogger("mailer.scheduler")  # one logger for the daemon's sched
 
 @dataclass(frozen=True)
 class LoadedFiles:
-    """What the daemon runs on: the configuration and every newsletter's parsed issues, as
-    last loaded without an error."""
+    """What the daemon runs on: the configuration and every newsletter's parsed issues and
+    automatic emails, as last loaded without an error."""
 
     config: Config
     issues: Mapping[str, Sequence[Issue]]
     fingerprint: tuple[object, ...] = ()
+    automatic: Mapping[str, Sequence[Issue]] = field(default_factory=dict)
 
     @property
     def catch_up(self) -> timedelta:

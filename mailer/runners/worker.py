@@ -53,8 +53,13 @@ async def run_worker(config: Config, *, once: bool = False, poll_seconds: float 
                     Sender(config, store) as sender):
             sender_ref.append(sender)
             while not stopping.is_set():
-                delivered = await _deliver_open_sends(config, store, sender, stopping)
-                if once and not delivered:
+                if await _deliver_open_sends(config, store, sender, stopping):
+                    # A pass that delivered ended only once its sends had nothing open
+                    # (or were paused): look again at once for the next queued send,
+                    # instead of idling a whole poll first (with --once that idle was the
+                    # tail of every run).
+                    continue
+                if once:
                     break
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stopping.wait(), poll_seconds)

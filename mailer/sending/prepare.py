@@ -19,13 +19,12 @@ from pathlib import Path
 
 from mailer import content
 from mailer.config import Config, Newsletter
-from mailer.content import render
 from mailer.content.rendered import RenderedIssue
 from mailer.errors import ContentError, InputError, MailerError
 from mailer.rows import SendRow
 
 # Re-exported while mailer.runners.scheduler still imports it from here.
-from mailer.states import SendStatus
+from mailer.states import SendKind, SendStatus
 from mailer.store import Store
 
 log = logging.getLogger("mailer.sends")
@@ -101,6 +100,8 @@ def refuse_clipped(prepared: Prepared, *, force: bool) -> Skip | None:
     `force`. An interrupted send never meets it: it is finished whatever its size."""
     if not prepared.rendered.clipped or force:
         return None
+    from mailer.content import render
+
     return Skip(SkipReason.CLIPPED, prepared.newsletter.id, slug=prepared.issue.slug,
                 path=prepared.issue.path, detail=render.clip_warning(prepared.rendered))
 
@@ -125,6 +126,10 @@ async def pick_issue(config: Config, newsletter: Newsletter, store: Store, *, no
         sent = await store.sent_slugs(newsletter.id)
     if issue_path is not None:
         issue = content.load_issue(issue_path, tz=newsletter.tz)
+        if issue.kind is not SendKind.ISSUE:
+            raise InputError("this is an automatic email, sent to each reader when they are "
+                             "due for it: `mailer run` or `mailer automations run` sends it",
+                             file=str(issue_path))
         if issue.slug in sent:
             return Skip(SkipReason.ALREADY_SENT, newsletter.id, slug=issue.slug, path=issue_path)
     else:
@@ -135,6 +140,10 @@ async def pick_issue(config: Config, newsletter: Newsletter, store: Store, *, no
             return Skip(SkipReason.NO_DUE_ISSUE, newsletter.id,
                         fields=skip_reasons(issues, sent, now))
         issue = due
+    # Here, not at the top: a worker or a resumed send renders nothing, and the renderer
+    # (Jinja2, MJML, Markdown) is megabytes of memory it would keep for nothing.
+    from mailer.content import render
+
     rendered = render.render_issue(issue, newsletter, config.settings,
                                    templates_dir=config.templates_dir)
     await refuse_missing_fields(store, newsletter, issue)

@@ -46,10 +46,13 @@ class DeliveryObserver(Protocol):
 
 
 async def deliver_with_report(sender: Sender, send: SendRow, newsletter: Newsletter,
-                              observer: DeliveryObserver) -> Report:
-    """Deliver every open delivery of `send` from this process, telling `observer`."""
+                              observer: DeliveryObserver, *, background: bool = False
+                              ) -> Report:
+    """Deliver every open delivery of `send` from this process, telling `observer`
+    (`background`: an automatic email, which gives way to an issue; see Sender.deliver)."""
     observer.started(send, await delivery_counts(sender.store, send.id))
-    tally = await sender.deliver(send, newsletter, on_outcome=observer.delivered)
+    tally = await sender.deliver(send, newsletter, on_outcome=observer.delivered,
+                                 background=background)
     report = Report(send=await sender.store.get_send(send.id),
                     counts=await delivery_counts(sender.store, send.id), tally=tally,
                     relay_failure=sender.relay_failure)

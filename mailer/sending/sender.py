@@ -73,6 +73,11 @@ class Sender:
         self._stopping = False
         self.unknown_released = 0
         self.relay_failure: str | None = None  # why the last deliver() found no relay
+        # One send at a time, so rate_per_second holds for all of them together; an issue
+        # goes before automatic emails (see deliver's `background`).
+        self._turn = asyncio.Lock()
+        self._issues_waiting = 0
+        self._background = False  # the send delivering now is an automatic email's
 
     async def __aenter__(self) -> Sender:
         # smtp_url `capture`: the built-in capture server runs as long as this sender.
@@ -115,6 +120,11 @@ class Sender:
         self._transports.add(transport)
         return transport
 
+    @property
+    def stopping(self) -> bool:
+        """stop() was called: no new send starts here."""
+        return self._stopping
+
     def stop(self) -> None:
         """Stop taking new messages, in this send and any later one (a stop can come just
         before a deliver() begins); what is in flight finishes and is recorded."""
@@ -133,8 +143,39 @@ class Sender:
             transport.abort()
 
     async def deliver(self, send: SendRow, newsletter: Newsletter,
-                      on_outcome: Callable[[Outcome], None] | None = None) -> Tally:
-        """Send every open delivery of `send` from this process; marks the send finished."""
+                      on_outcome: Callable[[Outcome], None] | None = None, *,
+                      background: bool = False) -> Tally:
+        """Send every open delivery of `send` from this process; marks the send finished.
+
+        Sends go one at a time. A `background` one (an automatic email) gives way to an
+        issue: it does not start while an issue waits, and one under way stops taking new
+        messages when an issue comes (what it leaves stays queued for its next run).
+        """
+        if background:
+            if self._issues_waiting:
+                return Tally()
+            async with self._turn:
+                if self._issues_waiting:
+                    return Tally()
+                self._background = True
+                try:
+                    return await self._deliver(send, newsletter, on_outcome)
+                finally:
+                    self._background = False
+        self._issues_waiting += 1
+        if self._background and self._current is not None:
+            self._current.stop()
+        try:
+            await self._turn.acquire()
+        finally:
+            self._issues_waiting -= 1
+        try:
+            return await self._deliver(send, newsletter, on_outcome)
+        finally:
+            self._turn.release()
+
+    async def _deliver(self, send: SendRow, newsletter: Newsletter,
+                       on_outcome: Callable[[Outcome], None] | None) -> Tally:
         assert self.relays is not None, "use Sender as an async context manager"
         dispatcher = Dispatcher(
             self.store, send_id=send.id,
@@ -148,7 +189,7 @@ class Sender:
         )
         self._current = dispatcher
         self.relay_failure = None
-        if self._stopping:
+        if self._stopping or (self._background and self._issues_waiting):
             dispatcher.stop()
         try:
             if send.status == SendStatus.PAUSED:
@@ -159,6 +200,10 @@ class Sender:
         # No relay answered (send-now only): the dispatcher stopped, so the send stays open
         # below, to go on when a relay does.
         self.relay_failure = dispatcher.relay_failure
+        if dispatcher.stopping and not self._stopping:
+            # Stopped for an issue (not for the process's end, which releases everything):
+            # what it claimed and did not start goes back, or no later run could take it.
+            await self.store.release_send_claims(send.id, self.worker_id)
         if dispatcher.pause_reason is not None:
             await self.store.set_send_status(send.id, SendStatus.PAUSED,
                                              dispatcher.pause_reason)

@@ -26,6 +26,7 @@ from mailer.rows import (
     WorkerRow,
 )
 from mailer.store import db
+from mailer.store.automations import AutomationQueries
 from mailer.store.deliveries import DeliveryQueries
 from mailer.store.manage import ManageQueries
 from mailer.store.reports import ReportQueries
@@ -39,7 +40,7 @@ __all__ = ["ArchivedIssue", "Outcome", "QuotaUse", "Recipient", "SendRow", "Stor
 
 
 class Store(SubscriberQueries, SignUpQueries, SendQueries, ReportQueries, DeliveryQueries,
-            ReturnQueries, ManageQueries):
+            ReturnQueries, ManageQueries, AutomationQueries):
     """The database of one mailer installation; every query lives here."""
 
     def __init__(self, engine: AsyncEngine) -> None:

@@ -6,7 +6,8 @@ import contextlib
 from collections.abc import AsyncIterator, Sequence
 from datetime import datetime
 
-from sqlalchemy import and_, case, delete, func, or_, select, update
+from sqlalchemy import ColumnElement, and_, case, delete, func, or_, select, update
+from sqlalchemy.orm import aliased
 
 from mailer.rows import QuotaUse, Recipient, WorkerRow
 from mailer.states import DeliveryStatus, SendStatus, SubscriptionStatus, utcnow
@@ -72,17 +73,15 @@ class DeliveryQueries(StoreBase):
         without waiting on each other; SQLite has one writer at a time anyway. Each
         recipient carries the subscriber's attributes as they are now (personal fields).
         """
+        if not db.is_sqlite(self.engine):
+            return await self._claim_in_one_statement(send_id, worker_id=worker_id,
+                                                      limit=limit, now=now)
         due = (
             select(Delivery.id, Subscription.status, Subscriber.attributes)
             .outerjoin(Subscription, Subscription.id == Delivery.subscription_id)
             .outerjoin(Subscriber, Subscriber.id == Subscription.subscriber_id)
-            .where(Delivery.send_id == send_id, Delivery.status == DeliveryStatus.PENDING,
-                   Delivery.claimed_by.is_(None),
-                   or_(Delivery.next_attempt_at.is_(None), Delivery.next_attempt_at <= now))
-            .order_by(Delivery.id).limit(limit)
+            .where(*_due(Delivery, send_id, now)).order_by(Delivery.id).limit(limit)
         )
-        if not db.is_sqlite(self.engine):
-            due = due.with_for_update(of=Delivery, skip_locked=True)
         async with self.session.begin() as s:
             rows = (await s.execute(due)).all()
             # Someone who left (or bounced, or was removed) after the issue was queued
@@ -92,18 +91,52 @@ class DeliveryQueries(StoreBase):
             attributes = {i: attrs or {} for i, _, attrs in rows}
             if gone:
                 await s.execute(update(Delivery).where(Delivery.id.in_(gone)).values(
-                    status=DeliveryStatus.SKIPPED, updated_at=now,
-                    smtp_reply="not sent: no longer subscribed"))
+                    status=DeliveryStatus.SKIPPED, updated_at=now, smtp_reply=_GONE))
             if not ids:
                 return []
             claimed_rows = await s.execute(
                 update(Delivery).where(Delivery.id.in_(ids))
                 .values(claimed_by=worker_id)
-                .returning(Delivery.id, Delivery.subscription_id, Delivery.email, Delivery.name,
-                           Delivery.attempts, Delivery.possible_duplicate)
+                .returning(*_RECIPIENT)
             )
             claimed = [Recipient(*row[:5], bool(row[5]), attributes=attributes[row[0]])
                        for row in claimed_rows.all()]
+        claimed.sort(key=lambda r: r.delivery_id)
+        return claimed
+
+    async def _claim_in_one_statement(self, send_id: int, *, worker_id: str, limit: int,
+                                      now: datetime) -> list[Recipient]:
+        # PostgreSQL: the same claim as one statement. The pick reads the deliveries
+        # alone, so only `limit` rows are locked and joined; the skipped and the claimed
+        # rows are written from that one pick, by data-modifying CTEs that never touch
+        # the same row twice. Done in two statements, the join ran over every due row
+        # before the LIMIT, and the UPDATE by a list of 200 ids was planned as a
+        # sequential scan: 40 ms a claim at 20,000 rows, growing with the list.
+        picked = aliased(Delivery)
+        pick = (select(picked.id).where(*_due(picked, send_id, now))
+                .order_by(picked.id).limit(limit).with_for_update(skip_locked=True))
+        due = (select(Delivery.id, Subscription.status.label("subscription"),
+                      Subscriber.attributes)
+               .outerjoin(Subscription, Subscription.id == Delivery.subscription_id)
+               .outerjoin(Subscriber, Subscriber.id == Subscription.subscriber_id)
+               .where(Delivery.id.in_(pick.scalar_subquery())).cte("due"))
+        confirmed = SubscriptionStatus.CONFIRMED
+        skipped = (update(Delivery)
+                   .where(Delivery.id == due.c.id, due.c.subscription.is_distinct_from(confirmed))
+                   .values(status=DeliveryStatus.SKIPPED, updated_at=now, smtp_reply=_GONE)
+                   .returning(Delivery.id).cte("skipped"))
+        claim = (update(Delivery)
+                 .where(Delivery.id == due.c.id, due.c.subscription == confirmed)
+                 .values(claimed_by=worker_id)
+                 .returning(*_RECIPIENT, due.c.attributes).add_cte(skipped))
+        # Core, not the ORM (which would rework the UPDATEs), and in autocommit: one
+        # statement is its own transaction, so BEGIN and COMMIT need no round trips.
+        async with self.engine.connect() as conn:
+            conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
+            rows = (await conn.execute(claim)).all()
+        claimed = [Recipient(id_, subscription_id, email, name, attempts, bool(duplicate),
+                             attributes=attributes or {})
+                   for id_, subscription_id, email, name, attempts, duplicate, attributes in rows]
         claimed.sort(key=lambda r: r.delivery_id)
         return claimed
 
@@ -179,3 +212,17 @@ class DeliveryQueries(StoreBase):
                 Delivery.send_id == send_id, Delivery.status == DeliveryStatus.UNKNOWN
             ).values(status=DeliveryStatus.PENDING, claimed_by=None, next_attempt_at=None))
             return int(getattr(result, "rowcount", 0))
+
+
+# What a claim hands the connections about each row.
+_RECIPIENT = (Delivery.id, Delivery.subscription_id, Delivery.email, Delivery.name,
+              Delivery.attempts, Delivery.possible_duplicate)
+# What a row closed at the claim says (see claim_deliveries).
+_GONE = "not sent: no longer subscribed"
+
+
+def _due(table: type[Delivery], send_id: int, now: datetime) -> tuple[ColumnElement[bool], ...]:
+    """A send's deliveries that are due and free to claim (`table`: Delivery or an alias)."""
+    return (table.send_id == send_id, table.status == DeliveryStatus.PENDING,
+            table.claimed_by.is_(None),
+            or_(table.next_attempt_at.is_(None), table.next_attempt_at <= now))

@@ -130,17 +130,78 @@ class SqliteDeliveryLog:
         self._thread.shutdown()
 
 
+# The whole write as one statement: outcomes come in as arrays (unnest), so a group commit
+# of any size is one round trip and one implicit transaction, instead of BEGIN, the
+# outcomes, the bounce counts, the SENDING marks and COMMIT each waiting on the server.
+# Data-modifying CTEs all see the rows as they were when the statement began: a row may be
+# changed by one part only (PostgresDeliveryLog.write sends repeated ids the long way).
+_PG_WRITE = """
+WITH recorded AS (
+    UPDATE deliveries AS d SET status = o.status, smtp_code = o.smtp_code,
+        smtp_reply = o.smtp_reply, message_id = coalesce(o.message_id, d.message_id),
+        sent_at = coalesce(o.sent_at, d.sent_at),
+        next_attempt_at = coalesce(o.next_attempt_at, d.next_attempt_at),
+        attempts = d.attempts + 1, relay = coalesce(o.relay, d.relay),
+        possible_duplicate = (d.possible_duplicate OR o.possible_duplicate),
+        claimed_by = NULL, data_started_at = NULL, updated_at = $1::timestamptz
+    FROM unnest($2::bigint[], $3::text[], $4::int[], $5::text[], $6::text[],
+                $7::timestamptz[], $8::timestamptz[], $9::text[], $10::bool[])
+        AS o(id, status, smtp_code, smtp_reply, message_id, sent_at, next_attempt_at, relay,
+             possible_duplicate)
+    WHERE d.id = o.id
+), bounced AS (
+    UPDATE subscriptions AS s SET hard_bounces = s.hard_bounces + 1,
+        status = CASE WHEN s.hard_bounces + 1 >= $11 AND s.status = $12
+                      THEN $13 ELSE s.status END,
+        bounced_at = CASE WHEN s.hard_bounces + 1 >= $11 AND s.status = $12
+                          THEN $1::timestamptz ELSE s.bounced_at END
+    FROM deliveries AS b WHERE b.id = ANY($14::bigint[]) AND s.id = b.subscription_id
+)
+UPDATE deliveries SET status = $15, data_started_at = $1::timestamptz,
+    updated_at = $1::timestamptz
+WHERE id = ANY($16::bigint[]) AND claimed_by = $17 AND status = $18
+RETURNING id"""
+
+
 class PostgresDeliveryLog:
-    """asyncpg, on one connection borrowed from the engine's pool for the whole send."""
+    """asyncpg, on one connection borrowed from the engine's pool for the whole send.
+
+    Every write commits synchronously (the server's default, kept on purpose): a SENDING
+    mark must be durable before the body leaves, and a SENT row must survive a crash of
+    the database server once the SMTP server has acknowledged the message, so neither
+    may ride on an asynchronous commit.
+    """
 
     def __init__(self, connection: Any, *, worker_id: str, bounce_limit: int) -> None:
         self._db = connection  # asyncpg.Connection
         self._worker_id = worker_id
         self._bounce_limit = bounce_limit
+        self._statement: Any = None  # asyncpg.PreparedStatement: parsed once per send
         self._record = _RECORD_OUTCOME.format(
             *[f"${n}" for n in range(1, _RECORD_PARAMETERS + 1)])
 
     async def write(self, *, sending: Sequence[int], outcomes: Sequence[Outcome]) -> set[int]:
+        ids = [o.delivery_id for o in outcomes]
+        if len(set(ids)) < len(ids) or not set(ids).isdisjoint(sending):
+            # One statement would change such a row once; in steps, each change lands.
+            return await self._write_in_steps(sending, outcomes)
+        if self._statement is None:
+            self._statement = await self._db.prepare(_PG_WRITE)
+        now = utcnow()
+        rows = [_outcome_row(o, now, _same) for o in outcomes]
+        # _outcome_row's order: status, code, reply, message_id, sent_at, retry, relay,
+        # possible_duplicate, updated_at (the statement's $1), id.
+        columns = list(zip(*rows, strict=True)) if rows else [()] * _RECORD_PARAMETERS
+        status, code, reply, message_id, sent_at, retry, relay, duplicate, _, id_ = columns
+        marked = await self._statement.fetch(
+            now, list(id_), list(status), list(code), list(reply), list(message_id),
+            list(sent_at), list(retry), list(relay), list(duplicate),
+            self._bounce_limit, CONFIRMED, BOUNCED, [o.delivery_id for o in outcomes if o.bounce],
+            SENDING, list(sending), self._worker_id, PENDING)
+        return {row[0] for row in marked}
+
+    async def _write_in_steps(self, sending: Sequence[int],
+                              outcomes: Sequence[Outcome]) -> set[int]:
         now = utcnow()
         allowed: set[int] = set()
         async with self._db.transaction():

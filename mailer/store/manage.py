@@ -98,14 +98,15 @@ class ManageQueries(StoreBase):
             await s.execute(self._insert(Subscription).values(
                 subscriber_id=subscriber_id, newsletter=newsletter,
                 status=SubscriptionStatus.CONFIRMED, created_at=now, confirmed_at=now,
-                hard_bounces=0, token_generation=0, confirm_unsent=False,
+                sequence_from=now, hard_bounces=0, token_generation=0, confirm_unsent=False,
             ).on_conflict_do_nothing(index_elements=["subscriber_id", "newsletter"]))
             await s.execute(update(Subscription).where(
                 Subscription.subscriber_id == subscriber_id,
                 Subscription.newsletter == newsletter,
                 Subscription.status != SubscriptionStatus.CONFIRMED,
             ).values(status=SubscriptionStatus.CONFIRMED, confirmed_at=now,
-                     unsubscribed_at=None, hard_bounces=0))
+                     unsubscribed_at=None, hard_bounces=0,
+                     sequence_from=func.coalesce(Subscription.sequence_from, now)))
 
     async def erase_subscriber(self, subscriber_id: int, *, address_hash: str, now: datetime
                                ) -> bool:

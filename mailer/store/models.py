@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 from datetime import UTC, datetime
+from typing import Any
 
 from sqlalchemy import (
     JSON,
@@ -20,13 +21,28 @@ from sqlalchemy import (
     UniqueConstraint,
     false,
 )
-from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.sql import text as sql_text
+from sqlalchemy.types import TypeEngine
 
 from mailer.returns.kinds import ReturnKind
-from mailer.states import DeliveryStatus, SendStatus, SubscriptionStatus, utcnow
+from mailer.states import DeliveryStatus, SendKind, SendStatus, SubscriptionStatus, utcnow
+
+
+class Attributes(TypeDecorator[dict[str, str]]):
+    """JSON on SQLite, JSONB on PostgreSQL; the PostgreSQL type is imported only there (the
+    dialect's modules cost a sending process on SQLite megabytes it never uses)."""
+
+    impl = JSON
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect: Dialect) -> TypeEngine[Any]:
+        if dialect.name == "postgresql":
+            from sqlalchemy.dialects.postgresql import JSONB
+
+            return dialect.type_descriptor(JSONB())
+        return dialect.type_descriptor(JSON())
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -68,6 +84,7 @@ class Base(DeclarativeBase):
         datetime: UTCDateTime(),
         SubscriptionStatus: _enum(SubscriptionStatus),
         SendStatus: _enum(SendStatus),
+        SendKind: _enum(SendKind),
         DeliveryStatus: _enum(DeliveryStatus),
     }
 
@@ -83,7 +100,7 @@ class Subscriber(Base):
     name: Mapped[str] = mapped_column(String(200), default="")
     # Keys [a-z0-9_]+, string values (mailer/subscriptions/attributes.py checks both).
     attributes: Mapped[dict[str, str]] = mapped_column(
-        JSON().with_variant(postgresql.JSONB(), "postgresql"),
+        Attributes(),
         default=dict, server_default=sql_text("'{}'"))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
@@ -116,6 +133,10 @@ class Subscription(Base):
     # Carried in confirmation links and bumped whenever the subscription ends or a new
     # pending period starts: a link mailed before that confirms nothing afterwards.
     token_generation: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # Where the welcome email and the sequence steps count from: the first confirmation
+    # (on the daemon's clock), never moved by leaving and coming back, so a sequence is
+    # never restarted. None: no automatic email (imported or added as confirmed).
+    sequence_from: Mapped[datetime | None]
 
     def __repr__(self) -> str:
         return (f"Subscription(id={self.id!r}, newsletter={self.newsletter!r}, "
@@ -131,7 +152,10 @@ class Send(Base):
 
     id: Mapped[int] = mapped_column(primary_key=True)
     newsletter: Mapped[str] = mapped_column(String(64))
+    # An issue's file stem; an automatic email's `welcome` or `sequence/<stem>` (a slash no
+    # issue slug can hold, so the two never meet on the unique key).
     slug: Mapped[str] = mapped_column(String(200))
+    kind: Mapped[SendKind] = mapped_column(default=SendKind.ISSUE, server_default="issue")
     subject: Mapped[str] = mapped_column(Text)
     preheader: Mapped[str] = mapped_column(Text, default="")
     html: Mapped[str] = mapped_column(Text)

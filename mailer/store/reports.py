@@ -8,7 +8,7 @@ from datetime import datetime
 from sqlalchemy import func, select
 
 from mailer.rows import ArchivedIssue, SendRow
-from mailer.states import DeliveryStatus, SendStatus, SubscriptionStatus
+from mailer.states import DeliveryStatus, SendKind, SendStatus, SubscriptionStatus
 from mailer.store._base import StoreBase
 from mailer.store.models import Delivery, Send, Subscription
 from mailer.store.torows import send_row
@@ -20,9 +20,9 @@ class ReportQueries(StoreBase):
     # -- mailer status -------------------------------------------------------------------------
 
     async def sends(self, newsletter: str | None = None) -> list[SendRow]:
-        """Every send (of `newsletter`, when given), oldest first."""
+        """Every send of an issue (of `newsletter`, when given), oldest first."""
         async with self.session() as s:
-            query = select(Send).order_by(Send.id)
+            query = select(Send).where(Send.kind == SendKind.ISSUE).order_by(Send.id)
             if newsletter:
                 query = query.where(Send.newsletter == newsletter)
             return [send_row(send) for send in (await s.execute(query)).scalars()]
@@ -71,16 +71,17 @@ class ReportQueries(StoreBase):
         async with self.session() as s:
             rows = await s.execute(
                 select(Send.slug, Send.subject, Send.preheader, Send.created_at)
-                .where(Send.newsletter == newsletter)
+                .where(Send.newsletter == newsletter, Send.kind == SendKind.ISSUE)
                 .order_by(Send.created_at.desc(), Send.id.desc())
             )
             return [ArchivedIssue(*row) for row in rows.all()]
 
     async def archived_issue(self, newsletter: str, slug: str) -> SendRow | None:
-        """The send of one issue, for its web view (None: never sent)."""
+        """The send of one issue, for its web view (None: never sent, or not an issue)."""
         async with self.session() as s:
             send = (await s.execute(select(Send).where(
-                Send.newsletter == newsletter, Send.slug == slug))).scalar_one_or_none()
+                Send.newsletter == newsletter, Send.slug == slug,
+                Send.kind == SendKind.ISSUE))).scalar_one_or_none()
             return None if send is None else send_row(send)
 
     async def subscription_counts(self) -> dict[tuple[str, SubscriptionStatus], int]:
@@ -118,6 +119,7 @@ class ReportQueries(StoreBase):
         async with self.session() as s:
             rows = await s.execute(
                 select(Send.newsletter, Send.created_at, Send.finished_at)
-                .where(Send.status == SendStatus.FINISHED, Send.finished_at.is_not(None)))
+                .where(Send.status == SendStatus.FINISHED, Send.finished_at.is_not(None),
+                       Send.kind == SendKind.ISSUE))
             return [(n, max(0.0, (end - start).total_seconds()))
                     for n, start, end in rows.all() if end is not None]

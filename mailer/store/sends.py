@@ -17,7 +17,7 @@ from sqlalchemy import (
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from mailer.rows import SendRow
-from mailer.states import DeliveryStatus, SendStatus, SubscriptionStatus, utcnow
+from mailer.states import DeliveryStatus, SendKind, SendStatus, SubscriptionStatus, utcnow
 from mailer.store import db
 from mailer.store._base import StoreBase
 from mailer.store.models import Delivery, Send, Subscriber, Subscription
@@ -42,7 +42,8 @@ class SendQueries(StoreBase):
     async def sent_slugs(self, newsletter: str) -> set[str]:
         """Slugs of every issue ever started for `newsletter`: those are never due again."""
         async with self.session() as s:
-            rows = await s.execute(select(Send.slug).where(Send.newsletter == newsletter))
+            rows = await s.execute(select(Send.slug).where(
+                Send.newsletter == newsletter, Send.kind == SendKind.ISSUE))
             return set(rows.scalars())
 
     async def unfinished_send(self, newsletter: str) -> SendRow | None:
@@ -50,7 +51,8 @@ class SendQueries(StoreBase):
         async with self.session() as s:
             send = (await s.execute(
                 select(Send)
-                .where(Send.newsletter == newsletter, Send.status != SendStatus.FINISHED)
+                .where(Send.newsletter == newsletter, Send.status != SendStatus.FINISHED,
+                       Send.kind == SendKind.ISSUE)
                 .order_by(Send.id).limit(1)
             )).scalar_one_or_none()
             return None if send is None else send_row(send)
@@ -143,6 +145,16 @@ class SendQueries(StoreBase):
         return int((await s.execute(select(func.count()).select_from(Subscription).where(
             *_confirmed_after(send.newsletter, send.queued_through)))).scalar_one())
 
+    async def release_send_claims(self, send_id: int, worker_id: str) -> int:
+        """Give back the rows of a send this worker claimed and did not start (its delivery
+        stopped for another send): whoever delivers the send next takes them. Rows being
+        sent are not touched."""
+        async with self.session.begin() as s:
+            result = await s.execute(update(Delivery).where(
+                Delivery.send_id == send_id, Delivery.claimed_by == worker_id,
+                Delivery.status == DeliveryStatus.PENDING).values(claimed_by=None))
+            return int(result.rowcount or 0)  # type: ignore[attr-defined]
+
     async def set_send_status(self, send_id: int, status: SendStatus, reason: str | None = None
                               ) -> None:
         """Move a send to `status` (with why, for a pause); FINISHED also stamps the time."""
@@ -181,7 +193,7 @@ class SendQueries(StoreBase):
         was created tells the scheduler whether the latest slot already had its issue."""
         async with self.session() as s:
             send = (await s.execute(
-                select(Send).where(Send.newsletter == newsletter)
+                select(Send).where(Send.newsletter == newsletter, Send.kind == SendKind.ISSUE)
                 .order_by(Send.created_at.desc(), Send.id.desc()).limit(1)
             )).scalar_one_or_none()
             return None if send is None else send_row(send)
@@ -211,7 +223,8 @@ class SendQueries(StoreBase):
             if same is not None:
                 return send_row(same), False
             other = (await s.execute(select(Send.id).where(
-                Send.newsletter == newsletter, Send.created_at >= slot_start).limit(1)
+                Send.newsletter == newsletter, Send.kind == SendKind.ISSUE,
+                Send.created_at >= slot_start).limit(1)
             )).scalar_one_or_none()
             if other is not None:
                 return None, False

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from sqlalchemy import and_, case, literal, or_, update
+from sqlalchemy import and_, case, func, literal, or_, update
 
 from mailer.rows import SignUp, SubscriptionRow
 from mailer.states import SubscriptionStatus, utcnow
@@ -96,7 +96,10 @@ class SignUpQueries(StoreBase):
                 Subscription.id == subscription_id,
                 Subscription.status == SubscriptionStatus.PENDING,
                 Subscription.token_generation == generation,
-            ).values(status=SubscriptionStatus.CONFIRMED, confirmed_at=now, hard_bounces=0))
+            ).values(status=SubscriptionStatus.CONFIRMED, confirmed_at=now, hard_bounces=0,
+                     # The first confirmation starts the automatic emails; a later one
+                     # (after leaving) goes on where the reader was, never from the start.
+                     sequence_from=func.coalesce(Subscription.sequence_from, now)))
             return maybe_subscription_row(await s.get(Subscription, subscription_id))
 
     async def unsubscribe_subscription(self, subscription_id: int, *, now: datetime

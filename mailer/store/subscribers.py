@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterable, Mapping
+from datetime import datetime
 from typing import cast
 
 from sqlalchemy import (
@@ -79,7 +80,7 @@ class SubscriberQueries(StoreBase):
 
     async def import_subscribers(
         self, rows: Iterable[tuple[str, str] | tuple[str, str, Mapping[str, str]]], *,
-        newsletter: str, confirmed: bool,
+        newsletter: str, confirmed: bool, welcome: bool = False, now: datetime | None = None,
     ) -> int:
         """Add every (email, name[, attributes]) row in one transaction: all of them or, on
         error, none.
@@ -88,11 +89,12 @@ class SubscriberQueries(StoreBase):
         100,000 addresses takes seconds. `confirmed` confirms new and pending
         subscriptions only: a bulk import never resubscribes someone who left or bounced.
         A name or attribute fills one an existing address does not have yet, never
-        changes one it has.
+        changes one it has. `welcome` starts the automatic emails (welcome email and
+        sequence) of those it confirms, from `now`; without it an import starts none.
         """
         full: list[tuple[str, str, Mapping[str, str]]] = [
             (row[0], row[1], row[2]) if len(row) == 3 else (row[0], row[1], {}) for row in rows]
-        now = utcnow()
+        now = now or utcnow()
         async with self.session.begin() as s:
             for start in range(0, len(full), _IMPORT_CHUNK):
                 chunk = full[start:start + _IMPORT_CHUNK]
@@ -123,7 +125,8 @@ class SubscriberQueries(StoreBase):
                         Subscription.newsletter == newsletter,
                         Subscription.subscriber_id.in_(ids),
                         Subscription.status == SubscriptionStatus.PENDING,
-                    ).values(status=SubscriptionStatus.CONFIRMED, confirmed_at=now))
+                    ).values(status=SubscriptionStatus.CONFIRMED, confirmed_at=now,
+                             sequence_from=now if welcome else None))
         return len(full)
 
     async def _fill_attributes(

@@ -27,6 +27,7 @@ from mailer.config import Config, Newsletter
 from mailer.content import fields, render
 from mailer.content.rendered import RenderedIssue
 from mailer.rows import RelayHealth
+from mailer.schedule import Clock
 from mailer.states import SubscriptionStatus
 from mailer.store import Store
 from mailer.web.confirmations import ConfirmationQueue
@@ -142,8 +143,11 @@ async def confirm(request: Request) -> Response:
     """POST /confirm/{token}: confirm, idempotent; 400 when forged, expired or stale."""
     config = _config(request)
     await read_body(request)  # the form sends nothing; whatever came is capped and dropped
-    sub = await subscriptions.confirm(config, _store(request), request.path_params["token"])
+    sub = await subscriptions.confirm(config, _store(request), request.path_params["token"],
+                                      now=request.app.state.clock.now())
     newsletter = _known(config, sub.newsletter)
+    if request.app.state.on_confirmed is not None:
+        request.app.state.on_confirmed(sub.newsletter)
     if wants_json(request):
         return JSONResponse({"status": "confirmed", "newsletter": sub.newsletter})
     return page(request, "confirmed", title="Subscribed", newsletter=newsletter,
@@ -243,13 +247,17 @@ async def serve(config: Config, *, host: str | None = None, port: int | None = N
 
 def create_app(config: Config, *, store: WebStore | None = None,
                relay_health: Callable[[], Sequence[RelayHealth]] | None = None,
-               returned_events: ReturnedEvents | None = None) -> Starlette:
+               returned_events: ReturnedEvents | None = None,
+               clock: Clock | None = None,
+               on_confirmed: Callable[[str], None] | None = None) -> Starlette:
     """The web app. Handlers read `app.state.config` (the daemon swaps it on reload) and
     `app.state.store`; without `store`, the app opens its own in its lifespan.
     `relay_health`: the sending process's view of its relays, for /healthz and /metrics
     (the daemon's; a web-only process has none). `returned_events`: what takes each
     verified provider webhook event (event, provider, raw body); without it the webhook
-    routes answer 503."""
+    routes answer 503. `clock`: the daemon's (test_now moves it), stamped on confirmations,
+    where automatic emails count from; `on_confirmed(newsletter)`: told of each
+    confirmation, so the welcome email goes at once rather than at the next look."""
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -271,6 +279,8 @@ def create_app(config: Config, *, store: WebStore | None = None,
     app.state.webhooks = WebhookState()
     app.state.limiter = RateLimiter()
     app.state.confirmations = ConfirmationQueue()
+    app.state.clock = clock or Clock(config.settings.test_now)
+    app.state.on_confirmed = on_confirmed
     if store is not None:
         app.state.store = store
     return app
