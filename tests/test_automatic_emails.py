@@ -17,7 +17,7 @@ from mailer.errors import ContentError
 from mailer.sending.automations import Renders, queue_due
 from mailer.sending.prepare import start_or_resume_send
 from mailer.sending.sender import Sender
-from mailer.states import SendKind, SubscriptionStatus
+from mailer.states import SendKind, SendStatus, SubscriptionStatus
 from mailer.store import Store
 from tests import storehelp
 from tests.conftest import Project
@@ -195,3 +195,24 @@ async def test_an_issue_goes_before_an_automatic_email_under_way(
         await sender.deliver(welcome.send, newsletter, background=True)
     copies = Counter((r, str(m.parsed()["Subject"])) for m in smtpd.messages for r in m.rcpt_tos)
     assert set(copies.values()) == {1} and len(copies) == 2 * len(readers)
+
+
+async def test_a_paused_automatic_email_waits_for_its_author_in_the_daemon_only(
+    project: Project, store: Store,
+) -> None:
+    config = project.configure()
+    write(project.issues, "welcome.md", "subject: Welcome aboard\nstatus: ready")
+    newsletter, emails = config.newsletter("ml-issues"), load_automatic_emails(project.issues)
+    await _readers(store, config, ["ada@example.com"], T0)
+    [due] = (await queue_due(config, newsletter, store, emails, now=T0, renders=Renders())).due
+    await store.set_send_status(due.send.id, SendStatus.PAUSED, "5 of 5 failed")
+    await _readers(store, config, ["bob@example.com"], T0 + timedelta(minutes=1))
+    daemon = await queue_due(config, newsletter, store, emails, now=T0 + timedelta(minutes=2),
+                             renders=Renders(), take_paused=False)
+    assert daemon.due == [] and "is paused: 5 of 5 failed" in str(daemon.errors[0])
+    # Bob is queued all the same, and the send stays paused until someone goes on with it.
+    assert (await store.get_send(due.send.id)).status == SendStatus.PAUSED
+    author = await queue_due(config, newsletter, store, emails, now=T0 + timedelta(minutes=3),
+                             renders=Renders())
+    assert [d.send.id for d in author.due] == [due.send.id]
+    assert await store.open_deliveries(due.send.id) == 2

@@ -74,7 +74,8 @@ class AutomationRunner:
         if not any(snap.automatic.values()):
             return AutomationRun()
         run = await run_due(snap.config, self.store, self.sender, snap.automatic,
-                            now=self.clock.now(), renders=renders, observe=_AutomationLog)
+                            now=self.clock.now(), renders=renders, observe=_AutomationLog,
+                            take_paused=False)
         if not run.errors:
             self._said.clear()
         for error in run.errors:

@@ -24,6 +24,7 @@ from mailer.rows import DueWindow, SendRow
 from mailer.sending.prepare import refuse_missing_fields
 from mailer.sending.report import DeliveryObserver, Report, deliver_with_report
 from mailer.sending.sender import Sender
+from mailer.states import SendStatus
 from mailer.store import Store
 
 log = logging.getLogger("mailer.automations")
@@ -74,11 +75,15 @@ def window_of(config: Config, email: Issue, send: SendRow, now: datetime) -> Due
 
 
 async def queue_due(config: Config, newsletter: Newsletter, store: Store,
-                    emails: Sequence[Issue], *, now: datetime, renders: Renders) -> QueueRun:
+                    emails: Sequence[Issue], *, now: datetime, renders: Renders,
+                    take_paused: bool = True) -> QueueRun:
     """Queue the readers due now for each ready automatic email of `newsletter`.
 
     A broken file (it does not render, or a personal field lacks a default that some
-    readers need) is reported in the result and skipped; the others go on.
+    readers need) is reported in the result and skipped; the others go on. Without
+    `take_paused` (the daemon), an email whose delivery paused itself (too many failures:
+    a relay refusing everything would otherwise fail a batch of readers every minute)
+    waits for its author, as a paused issue does, and is reported too.
     """
     run = QueueRun()
     for email in emails:
@@ -99,8 +104,13 @@ async def queue_due(config: Config, newsletter: Newsletter, store: Store,
             log.info("automatic email due", extra={
                 "newsletter": newsletter.id, "email": email.slug, "readers": queued,
                 "subject": public_text(send.subject)})
-        if queued or await store.open_deliveries(send.id):
-            run.due.append(DueEmail(email, await store.get_send(send.id), queued))
+        current = await store.get_send(send.id)
+        if current.status == SendStatus.PAUSED and not take_paused:
+            run.errors.append(MailerError(
+                f"{newsletter.id}/{email.slug} is paused: {current.pause_reason}; "
+                "`mailer automations run` goes on with it", file=str(email.path)))
+        elif queued or await store.open_deliveries(send.id):
+            run.due.append(DueEmail(email, current, queued))
     return run
 
 
@@ -118,15 +128,17 @@ class AutomationRun:
 
 async def run_due(config: Config, store: Store, sender: Sender,
                   emails: Mapping[str, Sequence[Issue]], *, now: datetime, renders: Renders,
-                  observe: Callable[[Newsletter, DueEmail], DeliveryObserver]) -> AutomationRun:
+                  observe: Callable[[Newsletter, DueEmail], DeliveryObserver],
+                  take_paused: bool = True) -> AutomationRun:
     """Queue and deliver every automatic email due at `now`, newsletter by newsletter, each
-    giving way to an issue (see Sender.deliver); `observe` makes each delivery's observer."""
+    giving way to an issue (see Sender.deliver); `observe` makes each delivery's observer;
+    `take_paused`: see queue_due."""
     run = AutomationRun()
     for newsletter in config.newsletters.values():
         if sender.stopping:
             break
         found = await queue_due(config, newsletter, store, emails.get(newsletter.id, ()),
-                                now=now, renders=renders)
+                                now=now, renders=renders, take_paused=take_paused)
         run.errors += found.errors
         for due in found.due:
             if sender.stopping:

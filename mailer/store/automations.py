@@ -72,7 +72,8 @@ class AutomationQueries(StoreBase):
 
     async def queue_due(self, send: SendRow, window: DueWindow) -> int:
         """Queue every reader of the send's newsletter in `window` who has no delivery of
-        it yet; how many were queued. A queued send is open again (SENDING)."""
+        it yet; how many were queued. A finished send with readers queued is open again
+        (SENDING); a paused one stays paused."""
         queued = 0
         while True:
             async with self.session.begin() as s:
@@ -92,9 +93,10 @@ class AutomationQueries(StoreBase):
                      "created_at"], readers,
                 ).on_conflict_do_nothing(index_elements=["send_id", "subscription_id"])
                  .returning(Delivery.id))).scalars().all()
-                if ids:
-                    await s.execute(update(Send).where(Send.id == send.id).values(
-                        status=SendStatus.SENDING, finished_at=None))
+                if ids:  # open again; a paused one stays paused for its author
+                    await s.execute(update(Send).where(
+                        Send.id == send.id, Send.status == SendStatus.FINISHED,
+                    ).values(status=SendStatus.SENDING, finished_at=None))
             queued += len(ids)
             if len(ids) < QUEUE_CHUNK:
                 return queued
