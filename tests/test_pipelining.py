@@ -1,8 +1,9 @@
 """PIPELINING (RFC 2920) through `mailer send-now`, against aiosmtpd and a real Postfix: the
-envelope leaves in one write where it is offered, and every outcome stays exactly once: a 451
-on a pipelined RCPT is delivered on retry, once; a 550 fails with the server's words and is
-never resent; a cut mid-flight is retried; a cut after the final dot is resent once, on
-record as a possible duplicate.
+envelope leaves in one write where it is offered, with the body of the message before it when
+that one was waiting for it (one round trip a message), and every outcome stays exactly once:
+a 451 on a pipelined RCPT is delivered on retry, once; a 550 fails with the server's words and
+is never resent; a cut mid-flight is retried; a cut after the final dot is resent once, on
+record as a possible duplicate, and the envelope that went with that body is retried cleanly.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from tests.tools import summary_of
 READERS = [f"reader{i:02}@example.com" for i in range(8)]
 GREY, GONE = READERS[2], READERS[5]
 GREYLISTED = "451 4.7.1 greylisted, try again later"
+BODY_THEN_ENVELOPE = b"\r\n.\r\nMAIL FROM:"  # a body's final dot, then the next MAIL
 NO_SUCH_USER = "550 5.1.1 no such user"
 KINDS = ["aiosmtpd", pytest.param("postfix", marks=pytest.mark.slow)]
 
@@ -121,10 +123,11 @@ class Proxy:
                     self._flights += 1
                     if self._flights == self.cut_flight:
                         return  # the server has the flight; its replies never come back
-                tail = (tail + chunk)[-5:]
-                if tail == b"\r\n.\r\n":
-                    self._dots += 1
-                    swallow = swallow or self._dots == self.cut_after_dot
+                # A final dot ends a read, or is followed by the next envelope in it.
+                before = self._dots
+                self._dots += (tail + chunk).count(b"\r\n.\r\n")
+                tail = (tail + chunk)[-4:]
+                swallow = swallow or before < self.cut_after_dot <= self._dots
 
         async def downstream() -> None:
             while (chunk := await server_r.read(65536)) and not swallow:
@@ -247,8 +250,9 @@ def with_policy(config: Path, port: int, policy_port: int) -> None:
     raise AssertionError("Postfix never asked the policy service")
 
 
-def send_now(project: Project, url: str) -> subprocess.CompletedProcess[str]:
-    project.configure(smtp_url=url, retry_base_seconds=1)
+def send_now(project: Project, url: str, *,
+             concurrency: int = 3) -> subprocess.CompletedProcess[str]:
+    project.configure(smtp_url=url, retry_base_seconds=1, concurrency=concurrency)
     add_confirmed(project, *READERS)
     return mailer(project, "send-now", "ml-issues", "--yes")
 
@@ -262,8 +266,33 @@ def test_where_pipelining_is_offered_mail_rcpt_and_data_leave_in_one_write(
     assert result.returncode == 1, result.stdout + result.stderr  # GONE failed
     flights = via.proxy.flights()
     assert len(flights) == len(READERS) + 1  # GREY's retry
-    assert all(f.startswith(b"MAIL FROM:") and f.count(b"\r\nRCPT TO:") == 1
+    assert all(f.count(b"MAIL FROM:") == 1 and f.count(b"\r\nRCPT TO:") == 1
                and f.endswith(b"\r\nDATA\r\n") for f in flights), flights
+    # Each write is an envelope alone, or the body of the message before it then one.
+    assert all(f.startswith(b"MAIL FROM:") or BODY_THEN_ENVELOPE in f for f in flights)
+    assert got == Counter(r for r in READERS if r != GONE)
+
+
+def chained(flights: list[bytes], reader: str) -> bool:
+    """Whether `reader`'s envelope left in one write after the previous message's body."""
+    return any(BODY_THEN_ENVELOPE in f and f"<{reader}>".encode() in f for f in flights)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_with_recipients_queued_each_body_leaves_with_the_next_envelope(
+        project: Project, tmp_path: Path, kind: str) -> None:
+    with relay(kind, tmp_path) as via:
+        result = send_now(project, via.url, concurrency=1)
+        got = via.arrived(len(READERS) - 1)
+    assert result.returncode == 1, result.stdout + result.stderr
+    flights = via.proxy.flights()
+    assert len(flights) == len(READERS) + 1  # GREY's retry
+    # One connection, all queued at once: after the first, each message whose previous
+    # one was accepted went in that one's body's write; after a refusal (GREY's 451, GONE's
+    # 550) an RSET waits for its reply and the next envelope leaves alone.
+    after_refusal = {READERS[READERS.index(GREY) + 1], READERS[READERS.index(GONE) + 1]}
+    assert [r for r in READERS if chained(flights, r)] == \
+        [r for r in READERS[1:] if r not in after_refusal]
     assert got == Counter(r for r in READERS if r != GONE)
 
 
@@ -281,19 +310,26 @@ def test_without_pipelining_each_command_waits_for_its_reply(
     assert got == Counter(r for r in READERS if r != GONE)
 
 
+@pytest.mark.parametrize("concurrency", [3, 1])
 @pytest.mark.parametrize("kind", KINDS)
 def test_pipelined_refusals_keep_exactly_once(project: Project, tmp_path: Path,
-                                              kind: str) -> None:
+                                              kind: str, concurrency: int) -> None:
     with relay(kind, tmp_path) as via:
-        result = send_now(project, via.url)
+        result = send_now(project, via.url, concurrency=concurrency)
         got = via.arrived(len(READERS) - 1)
         asked = via.asked()
     assert result.returncode == 1, result.stdout + result.stderr
+    if concurrency == 1:
+        # The refused RCPTs came in a write behind the body of the message before them.
+        flights = via.proxy.flights()
+        assert chained(flights, GREY) and chained(flights, GONE), flights
     # Greylisted once, delivered on the retry, once; the refused one never resent.
     assert got == Counter(r for r in READERS if r != GONE)
     assert (asked[GREY], asked[GONE]) == (2, 1)
     rows = {row.email: row for row in the_send(project)[1]}
     assert rows[GREY].status == DeliveryStatus.SENT
+    assert all(rows[r].status == DeliveryStatus.SENT for r in READERS if r != GONE)
+    assert not any(row.possible_duplicate for row in rows.values())
     gone = rows[GONE]
     assert (gone.status, gone.smtp_code) == (DeliveryStatus.FAILED, 550)
     assert "550 5.1.1" in (gone.smtp_reply or "") and "no such user" in (gone.smtp_reply or "")
@@ -324,13 +360,19 @@ def test_a_cut_mid_flight_is_retried_and_delivered_once(project: Project, tmp_pa
 def test_a_cut_after_the_final_dot_is_resent_once_as_a_possible_duplicate(
         project: Project, tmp_path: Path, kind: str) -> None:
     with relay(kind, tmp_path, cut_after_dot=3) as via:
-        result = send_now(project, via.url)
+        # One connection with all queued: the cut body went with the next envelope.
+        result = send_now(project, via.url, concurrency=1)
         got = via.arrived(len(READERS))
     assert result.returncode == 1, result.stdout + result.stderr
-    assert len(via.proxy.flights()) == len(READERS) + 2  # GREY's retry, and the resend
+    flights = via.proxy.flights()
     [twice] = [reader for reader, copies in got.items() if copies == 2]
+    behind = READERS[READERS.index(twice) + 1]
+    assert chained(flights, behind), flights
+    # GREY's retry, the resend, and the clean retry of the envelope that went with the body.
+    assert len(flights) == len(READERS) + 3
     assert got == Counter(r for r in READERS if r != GONE) + Counter([twice])
     rows = {row.email: row for row in the_send(project)[1]}
     assert [e for e, row in rows.items() if row.possible_duplicate] == [twice]
     assert rows[twice].status == DeliveryStatus.SENT
+    assert (rows[behind].status, rows[behind].attempts) == (DeliveryStatus.SENT, 2)
     assert summary_of(result.stdout)["possible duplicates"] == 1

@@ -100,6 +100,11 @@ class RelayPool:
             next_try = min(next_try, deadline)
         return max(0.0, next_try - now)
 
+    @property
+    def any_up(self) -> bool:
+        """Whether lease() has a relay at once (one is up, or not tried yet)."""
+        return any(relay.up is not False for relay in self.relays)
+
     async def lease(self, stopping: asyncio.Event) -> Relay | None:
         """The relay to send the next message through; waits while all are down.
 

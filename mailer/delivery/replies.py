@@ -87,6 +87,11 @@ def envelope_flight(sender: str, recipient: str) -> bytes:
             % (sender.encode("ascii"), recipient.encode("ascii")))
 
 
+def final_dot(data: bytes) -> bytes:
+    """A body in wire form (CRLF-ended, dot-stuffed) with the line that ends DATA."""
+    return data + b".\r\n"
+
+
 def first_refusal(replies: Sequence[Reply]) -> Reply | None:
     """The reply to MAIL, RCPT or DATA (in that order) that refuses, or None.
 

@@ -22,7 +22,9 @@ from aiosmtplib import (
     SMTPTimeoutError,
 )
 
+from mailer.delivery.targets import SmtpTarget
 from mailer.delivery.wire import PLAIN_ADDRESS
+from mailer.errors import RelayUnavailable
 
 
 class WireDataSMTP(aiosmtplib.SMTP):
@@ -144,3 +146,41 @@ def describe(exc: BaseException) -> str:
     if isinstance(exc, OSError) and exc.errno:
         return os.strerror(exc.errno).lower()  # asyncio's own words name the address again
     return str(exc).strip() or type(exc).__name__
+
+
+async def connect(target: SmtpTarget, tls_context: ssl.SSLContext | None) -> WireDataSMTP:
+    """A connected, greeted client for `target`.
+
+    Raises:
+        RelayUnavailable: no connection, a greeting other than 220, STARTTLS or AUTH
+            failed: whatever went wrong is the relay's.
+    """
+    t, waits = target, target.timeouts
+    try:
+        sock = await open_socket(t.host, t.port, timeout=waits.connect)
+    except OSError as exc:
+        raise RelayUnavailable(t.name, f"cannot connect: {describe(exc)}") from exc
+    client = WireDataSMTP(
+        hostname=t.host, sock=sock, username=t.username, password=t.password,
+        use_tls=t.use_tls, start_tls=t.start_tls, validate_certs=t.validate_certs,
+        tls_context=tls_context, timeout=waits.greeting,
+    )
+    try:
+        await client.connect()
+    except aiosmtplib.SMTPAuthenticationError as exc:
+        raise RelayUnavailable(t.name, f"login refused: {describe(exc)}") from exc
+    except aiosmtplib.SMTPConnectResponseError as exc:
+        raise RelayUnavailable(t.name, f"greeting refused: {describe(exc)}") from exc
+    except (aiosmtplib.SMTPException, OSError) as exc:
+        cause = exc.__cause__ if isinstance(exc.__cause__, ssl.SSLError) else exc
+        tls = isinstance(cause, ssl.SSLError) or "TLS" in str(exc)
+        raise RelayUnavailable(t.name, f"{'TLS' if tls else 'connection'} failed: "
+                                       f"{describe(cause)}") from exc
+    try:
+        await client.greet()  # the extensions (PIPELINING) before the first MAIL
+    except (aiosmtplib.SMTPException, OSError) as exc:
+        client.close()
+        raise RelayUnavailable(t.name, f"greeting refused: {describe(exc)}") from exc
+    # The socket is the transport's from here: aiosmtplib's close() on a failed connect
+    # closes it (closing it here too would pull it from under the transport).
+    return client

@@ -7,98 +7,65 @@ reply came).
 
 Where the relay offers PIPELINING (RFC 2920), MAIL, RCPT and DATA leave in one write and
 the body in a second: two round trips per message instead of four. The SENDING mark is
-still made durable after the 354 and before the first byte of the body.
+still made durable after the 354 and before the first byte of the body. A caller that has
+the next message at hand can have a body held (`then`): it leaves at the head of the next
+envelope's write (RFC 2920 §3.1 lets message content open a group), one round trip each.
 """
 
 from __future__ import annotations
 
 import asyncio
-import ssl
-from collections.abc import Awaitable, Callable
 from typing import cast
 
 import aiosmtplib
 
-from mailer.delivery.replies import START_INPUT, Reply, envelope_flight, first_refusal
-from mailer.delivery.reply_reader import ConnectionLostError, ReplyReader, reading_replies
-from mailer.delivery.smtp_client import WireDataSMTP, describe, open_socket
-from mailer.delivery.targets import SmtpTarget, SmtpTimeouts
-from mailer.delivery.wire import CLOSING, PLAIN_ADDRESS, classify, wire_form
-from mailer.errors import (
-    DeliveryInDoubt,
-    RelayUnavailable,
-    TemporaryFailure,
-    TransactionWithdrawn,
+from mailer.delivery.channel import (
+    COMPLETED,
+    BeforeBody,
+    Channel,
+    Held,
+    Settle,
+    Stale,
+    said,
 )
+from mailer.delivery.replies import (
+    START_INPUT,
+    Reply,
+    envelope_flight,
+    final_dot,
+    first_refusal,
+)
+from mailer.delivery.reply_reader import ConnectionLostError, ReplyReader, reading_replies
+from mailer.delivery.smtp_client import WireDataSMTP, describe
+from mailer.delivery.wire import CLOSING, PLAIN_ADDRESS, classify, wire_form
+from mailer.errors import RelayUnavailable, TemporaryFailure
 
-BeforeBody = Callable[[], Awaitable[bool]]
-COMPLETED = 250
+__all__ = ["BeforeBody", "Settle", "SmtpTransport"]
 
 
-class _Stale(Exception):
-    """A kept-alive connection was found closed before the server answered anything."""
-
-
-class SmtpTransport:
+class SmtpTransport(Channel):
     """A reusable SMTP connection to one relay: connects on first use and again after a drop
     or a 421."""
-
-    def __init__(self, target: SmtpTarget, *, tls_context: ssl.SSLContext | None = None) -> None:
-        self.target = target
-        self._tls_context = tls_context
-        self._client: WireDataSMTP | None = None
-        self._carried = 0  # transactions the open connection has finished
-        self._aborted = False
-
-    @property
-    def _waits(self) -> SmtpTimeouts:
-        return self.target.timeouts
-
-    async def _connection(self) -> WireDataSMTP:
-        """The open connection, or a new one.
-
-        Raises:
-            RelayUnavailable: no connection, a greeting other than 220, STARTTLS or AUTH
-                failed: whatever went wrong is the relay's.
-        """
-        if self._client is not None and self._client.is_connected:
-            return self._client
-        t, waits = self.target, self._waits
-        try:
-            sock = await open_socket(t.host, t.port, timeout=waits.connect)
-        except OSError as exc:
-            raise RelayUnavailable(t.name, f"cannot connect: {describe(exc)}") from exc
-        client = WireDataSMTP(
-            hostname=t.host, sock=sock, username=t.username, password=t.password,
-            use_tls=t.use_tls, start_tls=t.start_tls, validate_certs=t.validate_certs,
-            tls_context=self._tls_context, timeout=waits.greeting,
-        )
-        try:
-            await client.connect()
-        except aiosmtplib.SMTPAuthenticationError as exc:
-            raise RelayUnavailable(t.name, f"login refused: {describe(exc)}") from exc
-        except aiosmtplib.SMTPConnectResponseError as exc:
-            raise RelayUnavailable(t.name, f"greeting refused: {describe(exc)}") from exc
-        except (aiosmtplib.SMTPException, OSError) as exc:
-            cause = exc.__cause__ if isinstance(exc.__cause__, ssl.SSLError) else exc
-            tls = isinstance(cause, ssl.SSLError) or "TLS" in str(exc)
-            raise RelayUnavailable(t.name, f"{'TLS' if tls else 'connection'} failed: "
-                                           f"{describe(cause)}") from exc
-        try:
-            await client.greet()  # the extensions (PIPELINING) before the first MAIL
-        except (aiosmtplib.SMTPException, OSError) as exc:
-            client.close()
-            raise RelayUnavailable(t.name, f"greeting refused: {describe(exc)}") from exc
-        # The socket is the transport's from here: aiosmtplib's close() on a failed connect
-        # closes it (closing it here too would pull it from under the transport).
-        self._client = client
-        self._carried = 0
-        return client
 
     async def send(self, sender: str, recipient: str, data: bytes, *,
                    wire_ready: bool = False, before_body: BeforeBody | None = None,
                    ) -> tuple[int, str]:
-        """Run one SMTP transaction; returns the server's final (code, reply).
+        """Run one SMTP transaction; returns the server's final (code, reply) (see
+        send_or_hold() for what it raises)."""
+        reply = await self.send_or_hold(sender, recipient, data, wire_ready=wire_ready,
+                                        before_body=before_body)
+        assert reply is not None  # only a `then` holds a body
+        return reply
+
+    async def send_or_hold(self, sender: str, recipient: str, data: bytes, *,
+                           wire_ready: bool = False, before_body: BeforeBody | None = None,
+                           then: Settle | None = None) -> tuple[int, str] | None:
+        """Run one SMTP transaction; returns the server's final (code, reply), or None when
+        its body is held.
+
+        With `then`, a pipelined transaction holds the body once `before_body` let it go:
+        it leaves at the head of the next send's write, or on flush(), and `then` is told
+        its outcome. A body already held always leaves before this envelope.
 
         `wire_ready`: `data` is already CRLF and dot-stuffed (see WireDataSMTP).
         `before_body` is awaited once the server said 354 and before any byte of the
@@ -117,22 +84,44 @@ class SmtpTransport:
             data = wire_form(data)
         try:
             return await self._transaction(await self._connection(), sender, recipient, data,
-                                           before_body)
-        except _Stale:
+                                           before_body, then)
+        except Stale:
             # A kept-alive connection the server closed while idle (RFC 5321 §4.5.3.2.7
             # lets it after 5 minutes): not the recipient's fault, so once more, afresh
             # (a fresh connection has carried nothing, so it is never stale).
             return await self._transaction(await self._connection(), sender, recipient, data,
-                                           before_body)
+                                           before_body, then)
 
     async def _transaction(self, client: WireDataSMTP, sender: str, recipient: str,
-                           data: bytes, before_body: BeforeBody | None) -> tuple[int, str]:
+                           data: bytes, before_body: BeforeBody | None,
+                           then: Settle | None) -> tuple[int, str] | None:
         # Pipelined only for addresses sent as they are: the rest go through aiosmtplib's
         # mail()/rcpt(), which quote them.
         if (self.target.pipelining and client.pipelining
                 and PLAIN_ADDRESS.fullmatch(sender) and PLAIN_ADDRESS.fullmatch(recipient)):
-            return await self._pipelined(client, sender, recipient, data, before_body)
-        return await self._one_by_one(client, sender, recipient, data, before_body)
+            return await self._pipelined(client, sender, recipient, data, before_body, then)
+        await self.flush()
+        return await self._one_by_one(await self._connection(), sender, recipient, data,
+                                      before_body)
+
+    async def flush(self) -> None:
+        """Send a held body on its own and settle it (nothing follows at once)."""
+        if self._held is None:
+            return
+        client = self._client  # the held body's own connection, never a new one
+        if client is None or not client.is_connected or client.protocol is None:
+            self._drop()  # settles it as never sent
+            return
+        protocol = client.protocol
+        with reading_replies(cast(asyncio.Transport, protocol.transport), protocol) as reader:
+            try:
+                reader.write(self._held.body)
+            except ConnectionLostError:
+                self._drop()  # found gone before a byte of it left: never sent
+                return
+            final = await self._settle_held(reader)
+        if final is not None and final.code != COMPLETED:
+            await self._reset_or_drop(client, final.code)
 
     async def _one_by_one(self, client: WireDataSMTP, sender: str, recipient: str,
                           data: bytes, before_body: BeforeBody | None) -> tuple[int, str]:
@@ -144,7 +133,7 @@ class SmtpTransport:
             except (aiosmtplib.SMTPServerDisconnected, ConnectionError) as exc:
                 self._drop()
                 if self._carried > 0:
-                    raise _Stale from exc
+                    raise Stale from exc
                 raise
             await client.start_data(timeout=waits.data_start)
         except aiosmtplib.SMTPResponseException as exc:
@@ -168,19 +157,26 @@ class SmtpTransport:
         return response.code, response.message
 
     async def _pipelined(self, client: WireDataSMTP, sender: str, recipient: str,
-                         data: bytes, before_body: BeforeBody | None) -> tuple[int, str]:
-        # RFC 2920: MAIL, RCPT and DATA in one write, their replies read in order; then the
-        # body. Two round trips.
+                         data: bytes, before_body: BeforeBody | None,
+                         then: Settle | None) -> tuple[int, str] | None:
+        # RFC 2920: [a held body,] MAIL, RCPT and DATA in one write, their replies read in
+        # order; then the body, or it is held for the next write.
         protocol = client.protocol
         assert protocol is not None  # _connection() hands out connected clients only
         final: Reply | None = None
+        behind = self._held is not None
         with reading_replies(cast(asyncio.Transport, protocol.transport), protocol) as reader:
             replies, lost = await self._flight(reader, sender, recipient)
             refusal = first_refusal(replies)
             if lost is None and refusal is None:
                 await self._hand_over(before_body, recipient)
+                if then is not None:
+                    # Nothing is in flight: the server waits for the body, which leaves at
+                    # the head of the next write (or on flush()).
+                    self._held = Held(recipient, final_dot(data), then)
+                    return None
                 try:
-                    reader.write(data + b".\r\n")
+                    reader.write(final_dot(data))
                 except ConnectionLostError as exc:
                     # Found gone before a byte of the body left: nothing can be delivered.
                     self._drop()
@@ -204,11 +200,12 @@ class SmtpTransport:
             raise classify(refusal.code, refusal.text, recipient)
         if lost is not None:
             self._drop()
-            # As in _one_by_one: lost before the RCPT reply on a kept-alive connection.
-            if (self._carried > 0 and len(replies) < 2 and not self._aborted
+            # As in _one_by_one: lost before the RCPT reply on a kept-alive connection (not
+            # one that carried a body in this flight: that body's fate is settled already).
+            if (self._carried > 0 and len(replies) < 2 and not self._aborted and not behind
                     and isinstance(lost, ConnectionLostError)):
-                raise _Stale from lost
-            raise TemporaryFailure(f"connection lost: {_said(lost)}",
+                raise Stale from lost
+            raise TemporaryFailure(f"connection lost: {said(lost)}",
                                    recipient=recipient) from lost
         assert final is not None
         if final.code != COMPLETED:
@@ -223,7 +220,16 @@ class SmtpTransport:
         waits = self._waits
         replies: list[Reply] = []
         try:
-            reader.write(envelope_flight(sender, recipient))
+            ahead = self._held.body if self._held is not None else b""
+            reader.write(ahead + envelope_flight(sender, recipient))
+            if ahead:
+                final = await self._settle_held(reader)
+                if final is None:
+                    return replies, ConnectionLostError("connection lost after a body")
+                if final.code == CLOSING:
+                    # The channel closes behind the previous message: this envelope is the
+                    # relay's trouble, as a 421 to its own MAIL would be.
+                    return [final], None
             for wait in (waits.command, waits.command, waits.data_start):
                 replies.append(await reader.read(wait))
                 if replies[-1].code == CLOSING:
@@ -232,54 +238,29 @@ class SmtpTransport:
             return replies, exc
         return replies, None
 
-    async def _hand_over(self, before_body: BeforeBody | None, recipient: str) -> None:
-        # The SENDING mark, made durable between the 354 and the body's first byte.
-        if before_body is None:
-            return
+    async def _settle_held(self, reader: ReplyReader) -> Reply | None:
+        # The held body was just written: its final reply is read and the message settled;
+        # None when no reply came (then it is in doubt).
+        held = self._held
+        assert held is not None
+        self._held = None  # from here the body has left: its fate is the final reply's
         try:
-            go_on = await before_body()
-        except BaseException:
-            # Mid-DATA there is no RSET: hanging up makes the server drop the message.
-            self._drop()
-            raise
-        if not go_on:
-            self._drop()
-            raise TransactionWithdrawn(f"withdrawn before the body left: {recipient}")
-
-    def _in_doubt(self, exc: BaseException, recipient: str) -> DeliveryInDoubt:
-        # The whole message left and no reply came: only the server knows (RFC 5321 §6.1).
-        by_us, self._aborted = self._aborted, False
-        self._drop()
-        what = "cut by this process" if by_us else "no reply to the final dot"
-        return DeliveryInDoubt(f"{what}: {_said(exc)}", recipient=recipient, by_us=by_us)
-
-    async def _reset_or_drop(self, client: aiosmtplib.SMTP, code: int) -> None:
-        # 421 means the server is closing the channel (RFC 5321 §3.8): reconnect next time.
-        if code == CLOSING or not client.is_connected:
-            self._drop()
-            return
-        try:
-            await client.rset(timeout=self._waits.command)
-        except (aiosmtplib.SMTPException, OSError):
-            self._drop()
-
-    def abort(self) -> None:
-        """Cut the connection now, mid-transaction if need be (a shutdown out of grace).
-
-        The transaction in progress then fails like any lost connection and is recorded;
-        one cut after its body is this process's doing, so it is not resent.
-        """
-        if self._client is not None:
-            self._aborted = True
-        self._drop()
-
-    def _drop(self) -> None:
-        if self._client is not None:
-            self._client.close()
-            self._client = None
+            final = await reader.read(self._waits.data_end)
+        except (ConnectionLostError, TimeoutError) as exc:
+            held.settle(None, self._in_doubt(exc, held.recipient))
+            return None
+        if final.code == COMPLETED:
+            self._carried += 1
+            held.settle((final.code, final.text), None)
+        else:
+            # The final reply ends the transaction either way (RFC 5321 §4.1.1.4): the
+            # next MAIL needs no RSET before it.
+            held.settle(None, classify(final.code, final.text, held.recipient))
+        return final
 
     async def aclose(self) -> None:
-        """Say QUIT politely; a server that is already gone is fine."""
+        """Send a held body, then say QUIT politely; a server already gone is fine."""
+        await self.flush()
         client, self._client = self._client, None
         if client is not None and client.is_connected:
             try:
@@ -287,9 +268,3 @@ class SmtpTransport:
             except (aiosmtplib.SMTPException, OSError):
                 client.close()
 
-
-def _said(exc: BaseException) -> str:
-    # Our reader's errors in the words aiosmtplib's would use.
-    if isinstance(exc, TimeoutError) and not str(exc):
-        return "timed out waiting for the server's reply"
-    return describe(exc)
