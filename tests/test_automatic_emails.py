@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 
 from mailer import content
-from mailer.config import Config
 from mailer.content.automations import due_window, load_automatic_emails
 from mailer.errors import ContentError
 from mailer.sending.automations import Renders, queue_due
@@ -102,7 +101,7 @@ def test_who_is_due_counts_from_each_readers_confirmation_and_the_first_sight_of
     assert window.not_before == T0 - timedelta(days=3)
 
 
-async def _readers(store: Store, config: Config, emails: list[str], started: datetime) -> None:
+async def _readers(store: Store, emails: list[str], started: datetime) -> None:
     await store.import_subscribers([(e, "") for e in emails], newsletter="ml-issues",
                                    confirmed=True, welcome=True, now=started)
 
@@ -114,7 +113,7 @@ async def test_leaving_and_coming_back_does_not_start_the_sequence_again(
     write(project.issues, "welcome.md", "subject: Welcome\nstatus: ready")
     emails = load_automatic_emails(project.issues)
     newsletter = config.newsletter("ml-issues")
-    await _readers(store, config, ["ada@example.com"], T0)
+    await _readers(store, ["ada@example.com"], T0)
     first = await queue_due(config, newsletter, store, emails, now=T0, renders=Renders())
     assert [d.queued for d in first.due] == [1]
     sub = await storehelp.subscription_of(store, "ada@example.com", "ml-issues")
@@ -134,7 +133,7 @@ async def test_automatic_emails_are_not_issues_the_archive_or_the_schedule_sees(
 ) -> None:
     config = project.configure()
     write(project.issues, "welcome.md", "subject: Welcome aboard\nstatus: ready")
-    await _readers(store, config, ["ada@example.com"], T0)
+    await _readers(store, ["ada@example.com"], T0)
     await queue_due(config, config.newsletter("ml-issues"), store,
                     load_automatic_emails(project.issues), now=T0, renders=Renders())
     [welcome] = await store.automatic_sends("ml-issues")
@@ -154,7 +153,7 @@ async def test_editing_an_automatic_email_changes_what_readers_not_sent_it_yet_g
     config = project.configure()
     path = write(project.issues, "welcome.md", "subject: Welcome\nstatus: ready", "Old text.")
     newsletter = config.newsletter("ml-issues")
-    await _readers(store, config, ["ada@example.com"], T0)
+    await _readers(store, ["ada@example.com"], T0)
     await queue_due(config, newsletter, store, load_automatic_emails(project.issues), now=T0,
                     renders=Renders())
     path.write_text(path.read_text().replace("Old text.", "New text."), encoding="utf-8")
@@ -172,7 +171,7 @@ async def test_an_issue_goes_before_an_automatic_email_under_way(
     config = project.configure(smtp_url=smtp_url_of(smtpd), rate_per_second=40, concurrency=2)
     write(project.issues, "welcome.md", "subject: Welcome aboard\nstatus: ready")
     newsletter = config.newsletter("ml-issues")
-    await _readers(store, config, readers, T0)
+    await _readers(store, readers, T0)
     [welcome] = (await queue_due(config, newsletter, store,
                                  load_automatic_emails(project.issues), now=T0,
                                  renders=Renders())).due
@@ -203,10 +202,10 @@ async def test_a_paused_automatic_email_waits_for_its_author_in_the_daemon_only(
     config = project.configure()
     write(project.issues, "welcome.md", "subject: Welcome aboard\nstatus: ready")
     newsletter, emails = config.newsletter("ml-issues"), load_automatic_emails(project.issues)
-    await _readers(store, config, ["ada@example.com"], T0)
+    await _readers(store, ["ada@example.com"], T0)
     [due] = (await queue_due(config, newsletter, store, emails, now=T0, renders=Renders())).due
     await store.set_send_status(due.send.id, SendStatus.PAUSED, "5 of 5 failed")
-    await _readers(store, config, ["bob@example.com"], T0 + timedelta(minutes=1))
+    await _readers(store, ["bob@example.com"], T0 + timedelta(minutes=1))
     daemon = await queue_due(config, newsletter, store, emails, now=T0 + timedelta(minutes=2),
                              renders=Renders(), take_paused=False)
     assert daemon.due == [] and "is paused: 5 of 5 failed" in str(daemon.errors[0])

@@ -33,9 +33,9 @@ def automations_run(
     from mailer.cli.send import command_logs
 
     cfg = state.config()
-    _load(cfg)  # a broken file stops the command before anything is sent
+    emails = _load(cfg)  # a broken file stops the command before anything is sent
     with command_logs(cfg):
-        raise typer.Exit(run_async(_run(cfg, once=once)))
+        raise typer.Exit(run_async(_run(cfg, emails, once=once)))
 
 
 def _load(cfg: Config) -> dict[str, list[Issue]]:
@@ -44,7 +44,9 @@ def _load(cfg: Config) -> dict[str, list[Issue]]:
     return {n.id: load_automatic_emails(n.issues, tz=n.tz) for n in cfg.newsletters.values()}
 
 
-async def _run(cfg: Config, *, once: bool) -> int:
+async def _run(cfg: Config, emails: dict[str, list[Issue]], *, once: bool) -> int:
+    """Passes until nothing is left to do (`once`) or Ctrl-C; `emails` are the files as
+    loaded for the first pass (each later pass reads them again: they may have changed)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
     from mailer.cli.send import ProgressBar, stop_on_interrupt
@@ -60,7 +62,7 @@ async def _run(cfg: Config, *, once: bool) -> int:
                 stop_on_interrupt(sender):
             while True:
                 run: AutomationRun = await run_due(
-                    cfg, store, sender, _load(cfg), now=clock.now(), renders=renders,
+                    cfg, store, sender, emails, now=clock.now(), renders=renders,
                     observe=lambda n, due: ProgressBar(progress, f"{n.id}/{due.email.slug}"))
                 code = max(code, _report(run))
                 if once or sender.stopping or sender.relay_failure:
@@ -69,6 +71,7 @@ async def _run(cfg: Config, *, once: bool) -> int:
                     if sender.stopping:
                         break
                     await asyncio.sleep(1)
+                emails = _load(cfg)
     return code
 
 

@@ -20,11 +20,12 @@ from mailer.bounces.rates import (
 from mailer.cli.common import now, open_store, out, run_async
 from mailer.cli.ports import StatusStore
 from mailer.config import Config
-from mailer.content.automations import describe_after, due_window, load_automatic_emails
+from mailer.content.automations import describe_after, load_automatic_emails
 from mailer.content.issues import WELCOME_FILE
 from mailer.errors import ContentError
 from mailer.rows import DeliveryCounts, DueWindow, SendRow
 from mailer.schedule import describe, next_fire_time
+from mailer.sending.automations import window_of
 from mailer.states import SendStatus, utcnow
 
 _STYLE = {Level.OK: "", Level.WARNING: "yellow", Level.ALARM: "bold red"}
@@ -107,7 +108,6 @@ async def _automatic(cfg: Config, store: StatusStore, newsletter: str | None) ->
                   "waiting", "failed", box=box.SIMPLE_HEAD, pad_edge=False,
                   collapse_padding=True, title="automatic emails", title_justify="left")
     shown = [cfg.newsletter(newsletter)] if newsletter else list(cfg.newsletters.values())
-    catch_up = timedelta(hours=cfg.settings.catch_up_hours)
     for n in shown:
         try:
             files = {e.slug: e for e in load_automatic_emails(n.issues, tz=n.tz)}
@@ -122,8 +122,7 @@ async def _automatic(cfg: Config, store: StatusStore, newsletter: str | None) ->
             if send is None:  # never run since it was written
                 table.add_row(f"{n.id}/{slug}", goes, "0", "0", "-", "0")
                 continue
-            window = due_window(email, first_seen=send.created_at, now=now(cfg),
-                                catch_up=catch_up) if email is not None else None
+            window = window_of(cfg, email, send, now(cfg)) if email is not None else None
             c = await store.automatic_counts(send, window or DueWindow(
                 not_before=send.created_at, due_by=send.created_at))
             table.add_row(f"{n.id}/{slug}", goes, str(c.sent), str(c.queued),
