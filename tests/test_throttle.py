@@ -223,10 +223,16 @@ async def test_rate_per_second_spaces_the_messages_as_the_server_receives_them(
     times = smtpd.times
     # At 20 a second the first goes at once and then one every 50 ms. The first messages
     # also open their connections, so they arrive late and their gaps come out shorter:
-    # from the sixth on, 25 gaps of 50 ms (less 5% for the server's own timestamps).
-    assert times[-1] - times[5] >= 25 * 0.05 * 0.95
-    # Spaced all along, not in bursts: any 21 messages span about a second.
-    assert all(times[i + 20] - times[i] >= 0.9 for i in range(len(times) - 20))
+    # from the sixth on, 25 gaps of 50 ms. A message's slot is never lost when its sender
+    # wakes late (throttle.TokenBucket), so one arrival can be late by a stall of the event
+    # loop or of the database's commit and the next on time: under the whole suite's load
+    # such stalls reach ~0.1 s, hence the 0.2 s allowed below (a missing limit, or twice
+    # the rate, would still fail both by far more).
+    stall = 0.2
+    assert times[-1] - times[5] >= 25 * 0.05 - stall
+    # Spaced all along, not in bursts: any 23 messages span at least 22 slots less a stall.
+    assert all(times[i + 22] - times[i] >= 22 * 0.05 - stall
+               for i in range(len(times) - 22))
     assert times[-1] - times[0] < 5.0  # limited, not stalled
 
 

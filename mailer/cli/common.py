@@ -20,8 +20,8 @@ if TYPE_CHECKING:  # loaded by the commands that use them: `mailer --help` needs
     from mailer.config import Config
     from mailer.store import OpeningStore
 
-out = Console()
-err = Console(stderr=True)
+out = Console(emoji=False)
+err = Console(stderr=True, emoji=False)
 
 P = ParamSpec("P")
 R = TypeVar("R")

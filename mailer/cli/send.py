@@ -205,9 +205,11 @@ class ProgressBar:
 
 async def _deliver_with_progress(cfg: Config, newsletter: Newsletter, store: Store,
                                  send: SendRow, console: Console) -> int:
-    columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-               TextColumn("{task.fields[rate]}"), TimeRemainingColumn(),
-               TextColumn("{task.fields[waiting]}"))
+    # markup=False: an issue's slug is the author's text, not rich markup (and parsing it
+    # on every refresh loads rich's 2.5 MB emoji table).
+    columns = (TextColumn("{task.description}", style="bold", markup=False), BarColumn(),
+               MofNCompleteColumn(), TextColumn("{task.fields[rate]}", markup=False),
+               TimeRemainingColumn(), TextColumn("{task.fields[waiting]}", markup=False))
     async with Sender(cfg, store, give_up_on_relays=True) as sender:
         if sender.unknown_released:
             console.print(f"[yellow]{sender.unknown_released} delivery(ies) were in flight "
@@ -218,11 +220,12 @@ async def _deliver_with_progress(cfg: Config, newsletter: Newsletter, store: Sto
             report = await deliver_with_report(sender, send, newsletter, bar)
     console.print(_summary(report.counts))
     for email, _, reply in await store.failures(send.id):
-        console.print(f"  failed {email}: {reply}", highlight=False)  # reply has the code
+        console.print(f"  failed {email}: {reply}", highlight=False,  # reply has the code
+                      markup=False)
     again = f"`mailer send-now {newsletter.id}`"
     if report.relay_failure is not None:
         # One line, on stderr like every error: which relay, and why (never a password).
-        Console(stderr=True, soft_wrap=True).print(
+        Console(stderr=True, soft_wrap=True, emoji=False).print(
             f"error: no relay answered ({report.relay_failure}); nothing more was sent and "
             f"the send is kept: run {again} again once the relay is back", highlight=False,
             markup=False)
