@@ -22,6 +22,32 @@ REPO = Path(__file__).resolve().parents[1]
 SAMPLE_ISSUES = REPO / "content" / "ml-issues"
 
 
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Under pytest-xdist, start each worker's share with its part of the slow tests.
+
+    scripts/test runs `--dist worksteal`, which hands worker k the k-th of equal contiguous
+    shares and lets an idle worker steal from the end of another's: a slow test (marked
+    `slow`: processes, real waits, Postfix) left at the end of a share runs alone while the
+    others idle. Dealt round-robin to the front of each share, they overlap instead, and
+    only quick tests are left to steal. Without xdist the order is unchanged.
+    """
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers < 2:
+        return
+    slow = [item for item in items if item.get_closest_marker("slow")]
+    quick = [item for item in items if not item.get_closest_marker("slow")]
+    ordered: list[pytest.Item] = []
+    left = len(items)
+    for k in range(workers):
+        share = left // (workers - k)  # as the scheduler splits them
+        left -= share
+        own = slow[k::workers]
+        take = max(0, share - len(own))
+        ordered += own + quick[:take]
+        quick = quick[take:]
+    items[:] = ordered + quick
+
 @pytest.fixture(scope="session")
 def pg_admin_url() -> Iterator[str]:
     reason = pg.missing_reason()

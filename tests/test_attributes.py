@@ -211,6 +211,7 @@ values = st.text(max_size=30).filter(_accepted)
 keys = st.from_regex(r"[a-z0-9_]{1,8}", fullmatch=True)
 
 
+@pytest.mark.slow
 @settings(max_examples=150, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(st.tuples(st.sampled_from(["=cmd", "ann", "'+x", "-b", "c.d"]),
                           st.dictionaries(keys, values, max_size=4)),

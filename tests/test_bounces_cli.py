@@ -55,6 +55,7 @@ def send_issue(project: Project) -> dict[str, Received]:
         return {m.rcpt_tos[0]: m for m in server.messages}
 
 
+@pytest.mark.slow
 def test_a_dsn_piped_on_stdin_bounces_the_address_and_shows_in_list_and_status(
     project: Project,
 ) -> None:
@@ -84,6 +85,7 @@ def test_a_dsn_piped_on_stdin_bounces_the_address_and_shows_in_list_and_status(
     assert "1 hard bounce(s), 50.0% of 2 sent, at or past 5%" in status.stdout
 
 
+@pytest.mark.slow
 def test_complaint_and_policy_rates_show_in_status(project: Project) -> None:
     sent = send_issue(project)
     complaint = FAKE_VERP.sub(sent[BOB].mail_from.encode(),

@@ -43,6 +43,8 @@ LEAD = 1.5
 SAMPLE = "2026-12-07-first-issue"
 SUBJECT = "Machine Learning Issues #01: small models, honest benchmarks"
 SQLITE_ONLY = pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+# Each test runs `mailer run` processes for seconds: first in the suite (conftest.py).
+pytestmark = pytest.mark.slow
 
 
 def clock(moment: datetime) -> str:

@@ -7,6 +7,8 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 
+import pytest
+
 from mailer.config import Config
 from mailer.sending.prepare import start_or_resume_send
 from mailer.sending.sender import Sender
@@ -129,6 +131,7 @@ async def test_a_cut_after_the_final_dot_is_resent_once_and_counted_as_a_possibl
     assert (await store.get_send(send_id)).status == SendStatus.FINISHED
 
 
+@pytest.mark.slow
 async def test_a_stalled_transaction_does_not_hold_up_the_others_and_is_resent_only_once(
     project: Project, store: Store,
 ) -> None:

@@ -52,6 +52,7 @@ def test_subscribers_add_on_a_fresh_project_makes_var_0700_and_the_database_0600
         assert not leftover.exists() or mode(leftover) == 0o600
 
 
+@pytest.mark.slow
 def test_the_wal_and_shm_files_of_a_running_daemon_are_0600(project: Project) -> None:
     path = write_config(project, None)
     var = project.root / "var"

@@ -270,6 +270,7 @@ def baselines() -> tuple[bytes, bytes]:
                 prepared=sample_prepared())
 
 
+@pytest.mark.slow
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow,
                                                                   HealthCheck.filter_too_much])
 @given(raw_name=names, raw_address=addresses)

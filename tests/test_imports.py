@@ -45,6 +45,7 @@ def loaded(modules: set[str], packages: tuple[str, ...]) -> list[str]:
     return sorted(m for m in modules if any(m == p or m.startswith(f"{p}.") for p in packages))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
 async def test_send_now_and_worker_import_no_web_scheduler_or_migrations(
     project: Project, store: Store, tmp_path: Path,

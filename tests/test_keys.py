@@ -160,6 +160,7 @@ def test_listing_subscribers_works_without_a_configured_key(project: Project) ->
     assert "error" not in result.stderr
 
 
+@pytest.mark.slow
 def test_the_first_send_without_a_configured_key_generates_var_secret_key(
     project: Project,
 ) -> None:

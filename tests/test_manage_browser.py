@@ -105,6 +105,7 @@ def db_url(tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path}/project/var/mailer.db"
 
 
+@pytest.mark.slow
 def test_a_reader_manages_their_subscriptions_and_erases_themselves_on_a_small_phone(
     project: Project, chromium: Browser, tmp_path: Path,
 ) -> None:

@@ -293,6 +293,7 @@ async def test_no_due_issue_is_a_skip_naming_the_drafts_and_the_issues_not_due_y
     assert await store.sends("ml-issues") == []
 
 
+@pytest.mark.slow
 async def test_an_issue_gmail_would_clip_is_a_skip_unless_forced(
     project: Project, store: Store,
 ) -> None:

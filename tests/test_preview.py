@@ -118,6 +118,7 @@ def test_open_without_a_browser_says_where_the_files_are(project: Project, tmp_p
 # --- --width ------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.browser
 def test_width_saves_a_full_page_screenshot_per_width_from_chromium(
     project: Project, tmp_path: Path
@@ -172,6 +173,7 @@ def test_preview_warns_naming_the_size_when_gmail_would_clip_the_issue(
     assert "Gmail" not in fine.stderr
 
 
+@pytest.mark.slow
 def test_send_now_refuses_an_issue_gmail_would_clip_unless_forced(project: Project) -> None:
     project.configure()
     csv = project.root / "people.csv"
@@ -199,6 +201,7 @@ def test_send_now_refuses_an_issue_gmail_would_clip_unless_forced(project: Proje
     assert len(list(outbox.iterdir())) == 1
 
 
+@pytest.mark.slow
 def test_send_now_queue_refuses_an_issue_gmail_would_clip_unless_forced(
     project: Project,
 ) -> None:

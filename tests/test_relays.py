@@ -246,6 +246,7 @@ def test_a_cut_after_the_final_dot_is_resent_once_and_shown_as_a_possible_duplic
     assert after[1] == "1"
 
 
+@pytest.mark.slow
 def test_greylisted_readers_get_it_after_the_others_and_the_wait_is_shown(
     project: Project,
 ) -> None:
@@ -264,6 +265,7 @@ def test_greylisted_readers_get_it_after_the_others_and_the_wait_is_shown(
     assert summary_of(result.stdout)["sent"] == 30
 
 
+@pytest.mark.slow
 def test_a_slow_reply_to_the_final_dot_within_its_timeout_is_delivered_not_in_doubt(
     project: Project,
 ) -> None:

@@ -8,6 +8,8 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 from mailer.states import DeliveryStatus, SendStatus
 from mailer.store import Store
 from tests import storehelp
@@ -25,6 +27,7 @@ def mailer(project: Project, *args: str) -> subprocess.Popen[str]:
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
+@pytest.mark.slow
 async def test_two_workers_deliver_one_send_between_them_with_no_duplicate(
     project: Project, store: Store,
 ) -> None:
