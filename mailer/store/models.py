@@ -183,12 +183,9 @@ class Delivery(Base):
         UniqueConstraint("send_id", "subscription_id"),
         Index("ix_deliveries_send_status", "send_id", "status"),
         # A returned message without a VERP token is found by its Message-ID; the soft
-        # bounce rule reads an address's history by its email. Both only by equality, so on
-        # PostgreSQL they are hash indexes: every status change writes a new row version
-        # into every index, and a hash entry costs a hash where a B-tree entry costs text
-        # comparisons (half PostgreSQL's CPU a message, migration 0011).
-        Index("ix_deliveries_message_id", "message_id", postgresql_using="hash"),
-        Index("ix_deliveries_email", "email", postgresql_using="hash"),
+        # bounce rule reads an address's history by its email.
+        Index("ix_deliveries_message_id", "message_id"),
+        Index("ix_deliveries_email", "email"),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
