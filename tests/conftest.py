@@ -22,8 +22,7 @@ REPO = Path(__file__).resolve().parents[1]
 SAMPLE_ISSUES = REPO / "content" / "ml-issues"
 
 
-
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Under pytest-xdist, start each worker's share with its part of the slow tests.
 
     scripts/test runs `--dist worksteal`, which hands worker k the k-th of equal contiguous
@@ -47,6 +46,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         ordered += own + quick[:take]
         quick = quick[take:]
     items[:] = ordered + quick
+
 
 @pytest.fixture(scope="session")
 def pg_admin_url() -> Iterator[str]:

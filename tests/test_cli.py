@@ -186,6 +186,18 @@ def test_subscribers_add_list_export_and_remove(project: Project) -> None:
     assert after.stdout.splitlines() == [lines[0]]
 
 
+
+def test_subscribers_list_shows_a_name_as_the_reader_typed_it_not_as_markup(
+    project: Project,
+) -> None:
+    project.configure()
+    name = "[b]Ada[/b] :smile:"
+    assert mailer(project, "subscribers", "add", "ada@example.com", "--list", "ml-issues",
+                  "--name", name, "--confirmed").returncode == 0
+    listed = mailer(project, "subscribers", "list", "--list", "ml-issues")
+    assert listed.returncode == 0, listed.stderr
+    assert name in listed.stdout
+
 # -- bad input: exit 2, one line naming the place, nothing stored ---------------------------
 
 
@@ -298,6 +310,19 @@ def test_status_lists_each_failure_with_the_servers_reply(project: Project) -> N
     assert status.returncode == 0, status.stderr
     assert "failed alan@example.org: 550 5.1.1 no such user" in status.stdout
 
+
+
+def test_send_now_prints_a_relays_reply_as_written_even_if_it_looks_like_markup(
+    project: Project,
+) -> None:
+    # The relay's text is data: rich must not read "[bold]" as a style or ":smile:" as emoji.
+    reply = "550 5.1.1 [bold]no such[/bold] user :smile:"
+    with ServerThread(reject_rcpt={"alan@example.org": reply}) as server:
+        project.configure(smtp_url=f"smtp://127.0.0.1:{server.port}")
+        add_confirmed(project, *SUBSCRIBERS)
+        result = mailer(project, "send-now", "ml-issues", "--yes")
+    assert result.returncode == 1, result.stderr
+    assert f"failed alan@example.org: {reply}" in result.stdout
 
 def test_send_now_resume_only_goes_on_with_a_paused_send_and_never_starts_one(
     project: Project,

@@ -141,7 +141,8 @@ async def _dry_run_or_test_copy(cfg: Config, newsletter: Newsletter, store: Stor
         if signer is not None:  # signed as the real send signs, so the copy shows DKIM too
             data = signer.sign(data)
         code, reply = await send_one(cfg, letter.sender_address, address, data)
-        console.print(f"test copy of {picked.issue.slug!r} sent to {address}: {code} {reply}")
+        console.print(f"test copy of {picked.issue.slug!r} sent to {address}: {code} {reply}",
+                      markup=False)
         return 0
     count = await store.count_recipients(newsletter.id)
     size = picked.rendered.html_bytes
@@ -206,7 +207,7 @@ class ProgressBar:
 async def _deliver_with_progress(cfg: Config, newsletter: Newsletter, store: Store,
                                  send: SendRow, console: Console) -> int:
     # markup=False: an issue's slug is the author's text, not rich markup (and parsing it
-    # on every refresh loads rich's 2.5 MB emoji table).
+    # on every refresh would load rich's emoji table).
     columns = (TextColumn("{task.description}", style="bold", markup=False), BarColumn(),
                MofNCompleteColumn(), TextColumn("{task.fields[rate]}", markup=False),
                TimeRemainingColumn(), TextColumn("{task.fields[waiting]}", markup=False))

@@ -145,6 +145,7 @@ def subscribers_list(
     list_: ListOpt, status: Annotated[str | None, typer.Option(help="only this state")] = None,
 ) -> None:
     """Show the subscribers of a newsletter."""
+    from rich.markup import escape
     from rich.table import Table
 
     cfg = state.config()
@@ -155,7 +156,9 @@ def subscribers_list(
         table = Table("email", "name", "status", "since")
         async with _list_store(cfg) as store:
             async for row in store.subscribers(newsletter=newsletter.id, status=wanted):
-                table.add_row(row.email, row.name, row.status.value,
+                # Escaped: a reader's name is their text, not rich markup to style (or
+                # link) the author's terminal.
+                table.add_row(escape(row.email), escape(row.name), row.status.value,
                               f"{row.created_at:%Y-%m-%d}")
         return table
 
