@@ -88,6 +88,15 @@ def test_the_welcome_email_is_never_one_of_the_issues(tmp_path: Path) -> None:
     assert [e.slug for e in load_automatic_emails(tmp_path)] == ["welcome.md", "sequence/01.md"]
 
 
+def test_no_issue_or_step_can_take_the_welcome_emails_address(tmp_path: Path) -> None:
+    # Sends are told apart by slug: an issue `welcome.md.md` would share the welcome's.
+    with pytest.raises(ContentError, match="welcome email's"):
+        content.load_issue(write(tmp_path, "welcome.md.md", "subject: Hi\nstatus: ready"))
+    step = content.load_issue(write(tmp_path / "sequence", "welcome.md",
+                                    "subject: Step\nstatus: ready\nafter: 1 day"))
+    assert step.slug == "sequence/welcome.md"
+
+
 def test_who_is_due_counts_from_each_readers_confirmation_and_the_first_sight_of_the_step(
     tmp_path: Path,
 ) -> None:
@@ -111,10 +120,11 @@ async def test_leaving_and_coming_back_does_not_start_the_sequence_again(
 ) -> None:
     config = project.configure()
     write(project.issues, "welcome.md", "subject: Welcome\nstatus: ready")
+    write(project.issues / "sequence", "01.md", "subject: Day one\nstatus: ready\nafter: 1 day")
     emails = load_automatic_emails(project.issues)
     newsletter = config.newsletter("ml-issues")
     await _readers(store, ["ada@example.com"], T0)
-    first = await queue_due(config, newsletter, store, emails, now=T0, renders=Renders())
+    first = await queue_due(config, newsletter, store, emails[:1], now=T0, renders=Renders())
     assert [d.queued for d in first.due] == [1]
     sub = await storehelp.subscription_of(store, "ada@example.com", "ml-issues")
     assert sub is not None
@@ -123,9 +133,35 @@ async def test_leaving_and_coming_back_does_not_start_the_sequence_again(
     again = await storehelp.subscription_of(store, "ada@example.com", "ml-issues")
     assert again is not None and again.status == SubscriptionStatus.CONFIRMED
     assert again.sequence_from == T0
-    later = await queue_due(config, newsletter, store, emails, now=T0 + timedelta(hours=3),
+    later = await queue_due(config, newsletter, store, emails[:1], now=T0 + timedelta(hours=3),
                             renders=Renders())
     assert [d.queued for d in later.due] == [0]  # still the one delivery from before
+    # The day-one step counts from the first confirmation: due at T0 + 1 day, not at the
+    # return two hours later.
+    step = await queue_due(config, newsletter, store, emails[1:],
+                           now=T0 + timedelta(days=1, minutes=30), renders=Renders())
+    assert [d.queued for d in step.due] == [1]
+
+
+@pytest.mark.parametrize("welcome", [False, True])
+async def test_an_import_confirming_a_returning_reader_keeps_their_place(
+    project: Project, store: Store, welcome: bool,
+) -> None:
+    # Ada confirmed at T0, left, and signed up again on the form (pending, her place kept);
+    # an import that confirms her neither restarts her sequence nor ends it.
+    project.configure()
+    await _readers(store, ["ada@example.com"], T0)
+    sub = await storehelp.subscription_of(store, "ada@example.com", "ml-issues")
+    assert sub is not None
+    await store.unsubscribe_subscription(sub.id, now=T0 + timedelta(hours=1))
+    await store.sign_up("ada@example.com", newsletter="ml-issues", name="",
+                        now=T0 + timedelta(days=1), every=timedelta(minutes=5),
+                        lease=timedelta(minutes=5))
+    await store.import_subscribers([("ada@example.com", "")], newsletter="ml-issues",
+                                   confirmed=True, welcome=welcome, now=T0 + timedelta(days=2))
+    again = await storehelp.subscription_of(store, "ada@example.com", "ml-issues")
+    assert again is not None and again.status == SubscriptionStatus.CONFIRMED
+    assert again.sequence_from == T0
 
 
 async def test_automatic_emails_are_not_issues_the_archive_or_the_schedule_sees(
@@ -180,8 +216,11 @@ async def test_an_issue_goes_before_an_automatic_email_under_way(
     async with Sender(config, store) as sender:
         background = asyncio.create_task(sender.deliver(welcome.send, newsletter,
                                                         background=True))
-        while len(smtpd.messages) < 5:  # noqa: ASYNC110 (the server appends from its own task)
-            await asyncio.sleep(0.01)
+        async def five_arrived() -> None:
+            while len(smtpd.messages) < 5:  # noqa: ASYNC110 (the server appends from its task)
+                await asyncio.sleep(0.01)
+
+        await asyncio.wait_for(five_arrived(), 30)  # a failure fails, it does not hang
         await sender.deliver(issue, newsletter)
         stopped = await background
         subjects = [str(m.parsed()["Subject"]) for m in smtpd.messages]

@@ -136,7 +136,10 @@ def test_a_reader_gets_the_welcome_at_once_and_each_step_at_its_time_exactly_onc
             http = http_of(daemon)
             for reader in ("ada@example.com", "bob@example.com"):
                 sign_up_and_confirm(server, http, reader)
-            wait_until(lambda: got(server)[("bob@example.com", WELCOME)] == 1, "welcome")
+            # Both, before the stop: a SIGTERM rightly leaves a message not yet started for
+            # the next look, and this test is about when each one goes.
+            wait_until(lambda: all(got(server)[(r, WELCOME)] == 1
+                                   for r in ("ada@example.com", "bob@example.com")), "welcome")
             assert daemon.stop() == 0
         welcomed = got(server)
         assert welcomed[("ada@example.com", WELCOME)] == 1
@@ -147,7 +150,8 @@ def test_a_reader_gets_the_welcome_at_once_and_each_step_at_its_time_exactly_onc
         with Daemon(config, test_now=at(T0 + timedelta(days=1, minutes=1)),
                     args=("--log-json",)) as daemon:
             http = http_of(daemon)
-            wait_until(lambda: got(server)[("bob@example.com", DAY_ONE)] == 1, "day one")
+            wait_until(lambda: all(got(server)[(r, DAY_ONE)] == 1
+                                   for r in ("ada@example.com", "bob@example.com")), "day one")
             # Bob leaves with the link in it.
             token = link(server, "bob@example.com", DAY_ONE, "unsubscribe")
             assert post(f"http://{http}/unsubscribe/{token}") == 200
@@ -272,6 +276,26 @@ def test_automations_run_once_sends_what_is_due_and_nothing_twice(project: Proje
                      "ml-issues/sequence/01-day-one.md": ["2", "0", "0", "0"],
                      "ml-issues/sequence/02-day-three.md": ["0", "0", "2", "0"]}, status.stdout
 
+
+@SQLITE_ONLY
+def test_a_welcome_paused_by_a_refusing_relay_says_so_in_status(project: Project) -> None:
+    readers = [f"r{i}@example.com" for i in range(4)]
+    refused = {reader: "550 5.7.1 relaying denied" for reader in readers}
+    with ServerThread(reject_rcpt=refused) as server:
+        config = automatic_project(project, server, error_window=4, max_error_rate=0.5)
+        csv = project.root / "readers.csv"
+        csv.write_text("email\n" + "\n".join(readers) + "\n", encoding="utf-8")
+        env = {"MAILER_TEST_NOW": at(T0), "MAILER_SECRET_KEY": "daemon-test-key"}
+        assert run_cli("--config", str(config), "subscribers", "import", str(csv), "--list",
+                       "ml-issues", "--confirmed", "--welcome", cwd=project.root,
+                       env=env).returncode == 0
+        run = run_cli("--config", str(config), "automations", "run", "--once",
+                      cwd=project.root, env=env)
+        assert run.returncode == 1, run.stdout + run.stderr
+        status = run_cli("--config", str(config), "status", cwd=project.root, env=env)
+    assert status.returncode == 0, status.stderr
+    assert "ml-issues/welcome.md is paused:" in status.stdout
+    assert "`mailer automations run` goes on with it" in status.stdout
 
 @SQLITE_ONLY
 def test_readers_imported_as_confirmed_get_no_automatic_email(project: Project) -> None:

@@ -18,8 +18,6 @@ if TYPE_CHECKING:
 
 app = typer.Typer(no_args_is_help=True, help="Welcome emails and sequence steps.")
 
-TICK_SECONDS = 60.0  # between looks without --once, as in the daemon
-
 
 @app.command("run")
 @fails_cleanly
@@ -47,18 +45,18 @@ def _load(cfg: Config) -> dict[str, list[Issue]]:
 async def _run(cfg: Config, emails: dict[str, list[Issue]], *, once: bool) -> int:
     """Passes until nothing is left to do (`once`) or Ctrl-C; `emails` are the files as
     loaded for the first pass (each later pass reads them again: they may have changed)."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+    from rich.progress import Progress
 
-    from mailer.cli.send import ProgressBar, stop_on_interrupt
+    from mailer.cli.send import ProgressBar, progress_columns, stop_on_interrupt
+    from mailer.runners.automations import TICK_SECONDS
     from mailer.schedule import Clock
     from mailer.sending.automations import Renders, run_due
     from mailer.sending.sender import Sender
 
     clock, renders, code = Clock(cfg.settings.test_now), Renders(), 0
-    columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-               TextColumn("{task.fields[waiting]}"))
     async with open_store(cfg) as store, Sender(cfg, store, give_up_on_relays=True) as sender:
-        with Progress(*columns, console=out, transient=False) as progress, \
+        with Progress(*progress_columns(remaining=False), console=out,
+                      transient=False) as progress, \
                 stop_on_interrupt(sender):
             while True:
                 run: AutomationRun = await run_due(
@@ -67,7 +65,7 @@ async def _run(cfg: Config, emails: dict[str, list[Issue]], *, once: bool) -> in
                 code = max(code, _report(run))
                 if once or sender.stopping or sender.relay_failure:
                     break
-                for _ in range(int(TICK_SECONDS)):  # a second at a time: Ctrl-C is heard
+                for _ in range(int(TICK_SECONDS)):  # as the daemon; a second at a time for Ctrl-C
                     if sender.stopping:
                         break
                     await asyncio.sleep(1)

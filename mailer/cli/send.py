@@ -13,7 +13,14 @@ from datetime import datetime
 from pathlib import Path
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    TextColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
 
 from mailer import logs
@@ -156,6 +163,15 @@ async def _dry_run_or_test_copy(cfg: Config, newsletter: Newsletter, store: Stor
     return 0
 
 
+def progress_columns(*, remaining: bool = True) -> list[ProgressColumn]:
+    """A ProgressBar's columns: the send's name, the bar, done/total, [time left,] retries."""
+    # markup=False: a slug is the author's text, not rich markup (and parsing it on every
+    # refresh would load rich's emoji table).
+    return [TextColumn("{task.description}", style="bold", markup=False), BarColumn(),
+            MofNCompleteColumn(), *([TimeRemainingColumn()] if remaining else []),
+            TextColumn("{task.fields[waiting]}", markup=False)]
+
+
 class ProgressBar:
     """The delivery report as a rich progress bar (a DeliveryObserver).
 
@@ -166,7 +182,7 @@ class ProgressBar:
 
     def __init__(self, progress: Progress, label: str) -> None:
         self.progress = progress
-        self.task = progress.add_task(label, total=None, rate="", waiting="")
+        self.task = progress.add_task(label, total=None, waiting="")
         self.total = 0
         self.done = 0
         self.retries: dict[int, datetime] = {}  # delivery id -> when it is tried again
@@ -206,16 +222,11 @@ class ProgressBar:
 
 async def _deliver_with_progress(cfg: Config, newsletter: Newsletter, store: Store,
                                  send: SendRow, console: Console) -> int:
-    # markup=False: an issue's slug is the author's text, not rich markup (and parsing it
-    # on every refresh would load rich's emoji table).
-    columns = (TextColumn("{task.description}", style="bold", markup=False), BarColumn(),
-               MofNCompleteColumn(), TextColumn("{task.fields[rate]}", markup=False),
-               TimeRemainingColumn(), TextColumn("{task.fields[waiting]}", markup=False))
     async with Sender(cfg, store, give_up_on_relays=True) as sender:
         if sender.unknown_released:
             console.print(f"[yellow]{sender.unknown_released} delivery(ies) were in flight "
                           "when a sender died: recorded as unknown[/yellow]")
-        with Progress(*columns, console=console, transient=False) as progress, \
+        with Progress(*progress_columns(), console=console, transient=False) as progress, \
                 stop_on_interrupt(sender):
             bar = ProgressBar(progress, f"{newsletter.id}/{send.slug}")
             report = await deliver_with_report(sender, send, newsletter, bar)

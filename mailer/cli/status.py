@@ -153,6 +153,12 @@ async def _problems(cfg: Config, store: StatusStore, newsletter: str | None) -> 
             lines.append(f"  bounced later ({kind}) {email}: {reply}")
         lines += _rate_notes(name, await _rates(
             store, send, DeliveryCounts.of(await store.delivery_counts(send.id))))
+    shown = [cfg.newsletter(newsletter)] if newsletter else list(cfg.newsletters.values())
+    for n in shown:  # an automatic email paused by the same rule waits for its author too
+        for send in await store.automatic_sends(n.id):
+            if send.status == SendStatus.PAUSED:
+                lines.append(f"{n.id}/{send.slug} is paused: {send.pause_reason}; "
+                             "`mailer automations run` goes on with it")
     return lines
 
 

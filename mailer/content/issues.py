@@ -62,25 +62,24 @@ class Issue:
 
 def kind_of(path: Path) -> SendKind:
     """What a Markdown file in a newsletter's folder is, by where it lies."""
+    if path.parent.name == SEQUENCE_FOLDER:  # sequence/welcome.md is a step like any other
+        return SendKind.STEP
     if path.name == WELCOME_FILE:
         return SendKind.WELCOME
-    if path.parent.name == SEQUENCE_FOLDER:
-        return SendKind.STEP
     return SendKind.ISSUE
 
 
-def parse_issue(text: str, *, path: Path, tz: tzinfo = UTC,
-                kind: SendKind | None = None) -> Issue:
+def parse_issue(text: str, *, path: Path, tz: tzinfo = UTC) -> Issue:
     """Parse an issue: a `---` YAML front matter block, then the Markdown body.
 
     Front matter keys: `subject` (required, one line), `status` (`ready` or `draft`; the
     default is `draft`, so an issue is never sent because a line was forgotten),
     `send_after` (a date means 00:00 in `tz`; a date and time without offset is in `tz`)
-    and `preheader` (optional inbox preview text). An automatic email (`kind`, by default
-    read from the path: welcome.md, sequence/*.md) has no `send_after`; a sequence step
-    must say `after: 3 days` (minutes, hours, days or weeks after the confirmation). Its
-    slug is its path in the folder (`welcome.md`, `sequence/day-3.md`), which no issue's
-    file stem can be.
+    and `preheader` (optional inbox preview text). An automatic email (its kind read from
+    the path: welcome.md, sequence/*.md) has no `send_after`; a sequence step must say
+    `after: 3 days` (minutes, hours, days or weeks after the confirmation). Its slug is its
+    path in the folder (`welcome.md`, `sequence/day-3.md`), which no issue's slug may be
+    (a file `welcome.md.md` is refused).
 
     The subject, preheader and body may hold personal fields (mailer.content.fields) and
     nothing else of a template: anything else between `{{ }}`, and any `{%` or `{#`, is
@@ -90,11 +89,14 @@ def parse_issue(text: str, *, path: Path, tz: tzinfo = UTC,
         ContentError: naming the file, the line and the front-matter key.
     """
     file = str(path)
-    kind = kind_of(Path(path)) if kind is None else kind
+    kind = kind_of(Path(path))
     slug = Path(path).stem
     if not _SLUG.fullmatch(slug):
         raise ContentError("an issue's file name is its web address: use letters, digits, "
                            "'-', '_' and '.' only", file=file)
+    if kind is SendKind.ISSUE and slug == WELCOME_FILE:  # sends are told apart by slug
+        raise ContentError(f"this issue's address would be the welcome email's "
+                           f"({WELCOME_FILE}): rename the file", file=file)
     lines = text.removeprefix("\ufeff").replace("\r\n", "\n").replace("\r", "\n").split("\n")
     if lines[0].rstrip() != "---":
         raise ContentError("an issue starts with front matter: a '---' line, subject: …, "

@@ -48,7 +48,8 @@ class ClaimLoop:
     async def run(self) -> None:
         """Claim and queue until the send has nothing open anywhere, or stop()."""
         while not self._stopping.is_set():
-            if (await self._store.get_send(self._send_id)).status == SendStatus.PAUSED:
+            send = await self._store.get_send(self._send_id)
+            if send.status == SendStatus.PAUSED:
                 self._stop()  # another worker paused it; the author decides when to go on
                 return
             limit = await self._claim_limit()
@@ -63,7 +64,8 @@ class ClaimLoop:
             # A short claim: the queued part of the list is running out. The next chunk is
             # queued now, while the connections still have this batch to send, rather than
             # once they have nothing left (a chunk takes a tenth of a second to insert).
-            if short and await self._store.queue_more(self._send_id):
+            # A send whose list is all queued (queued_at) has nothing more to take.
+            if short and send.queued_at is None and await self._store.queue_more(self._send_id):
                 continue  # claim from it
             if batch:
                 continue

@@ -93,18 +93,15 @@ class Connection:
                 self._taken = self._finished = 0
 
     async def _take(self) -> Recipient | None:
-        recipient = await self._queue.get()
-        self._taken += 1
-        if recipient is None:
-            self._done(None)
-            self._release()
-        return recipient
+        return self._taken_one(await self._queue.get())
 
     def _take_now(self) -> Recipient | None:
         # Never waits: a held body does not wait for the next recipient.
-        recipient = self._queue.get_nowait()
+        return self._taken_one(self._queue.get_nowait())
+
+    def _taken_one(self, recipient: Recipient | None) -> Recipient | None:
         self._taken += 1
-        if recipient is None:
+        if recipient is None:  # the sentinel: finished with as soon as it is taken
             self._done(None)
             self._release()
         return recipient

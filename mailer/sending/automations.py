@@ -121,10 +121,6 @@ class AutomationRun:
     reports: list[Report] = field(default_factory=list)
     errors: list[MailerError] = field(default_factory=list)
 
-    @property
-    def queued(self) -> bool:
-        return bool(self.reports)
-
 
 async def run_due(config: Config, store: Store, sender: Sender,
                   emails: Mapping[str, Sequence[Issue]], *, now: datetime, renders: Renders,
@@ -135,14 +131,14 @@ async def run_due(config: Config, store: Store, sender: Sender,
     `take_paused`: see queue_due."""
     run = AutomationRun()
     for newsletter in config.newsletters.values():
-        if sender.stopping:
+        if sender.stopping or sender.relay_failure:
             break
         found = await queue_due(config, newsletter, store, emails.get(newsletter.id, ()),
                                 now=now, renders=renders, take_paused=take_paused)
         run.errors += found.errors
         for due in found.due:
-            if sender.stopping:
-                break
+            if sender.stopping or sender.relay_failure:
+                break  # no relay answered: the next email would wait for them again
             run.reports.append(await deliver_with_report(
                 sender, due.send, newsletter, observe(newsletter, due), background=True))
     return run

@@ -145,15 +145,14 @@ class SendQueries(StoreBase):
         return int((await s.execute(select(func.count()).select_from(Subscription).where(
             *_confirmed_after(send.newsletter, send.queued_through)))).scalar_one())
 
-    async def release_send_claims(self, send_id: int, worker_id: str) -> int:
+    async def release_send_claims(self, send_id: int, worker_id: str) -> None:
         """Give back the rows of a send this worker claimed and did not start (its delivery
         stopped for another send): whoever delivers the send next takes them. Rows being
         sent are not touched."""
         async with self.session.begin() as s:
-            result = await s.execute(update(Delivery).where(
+            await s.execute(update(Delivery).where(
                 Delivery.send_id == send_id, Delivery.claimed_by == worker_id,
                 Delivery.status == DeliveryStatus.PENDING).values(claimed_by=None))
-            return int(result.rowcount or 0)  # type: ignore[attr-defined]
 
     async def set_send_status(self, send_id: int, status: SendStatus, reason: str | None = None
                               ) -> None:

@@ -121,12 +121,15 @@ class SubscriberQueries(StoreBase):
                     [{"subscriber_id": i, "newsletter": newsletter, "created_at": now,
                       "status": SubscriptionStatus.PENDING, "hard_bounces": 0} for i in ids])
                 if confirmed:
+                    # A reader's place in the sequence is never moved (models.Subscription):
+                    # one who confirmed before, left and signed up again keeps theirs.
+                    starts = ({"sequence_from": func.coalesce(Subscription.sequence_from, now)}
+                              if welcome else {})
                     await s.execute(update(Subscription).where(
                         Subscription.newsletter == newsletter,
                         Subscription.subscriber_id.in_(ids),
                         Subscription.status == SubscriptionStatus.PENDING,
-                    ).values(status=SubscriptionStatus.CONFIRMED, confirmed_at=now,
-                             sequence_from=now if welcome else None))
+                    ).values(status=SubscriptionStatus.CONFIRMED, confirmed_at=now, **starts))
         return len(full)
 
     async def _fill_attributes(
