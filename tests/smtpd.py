@@ -108,6 +108,8 @@ class RecordingServer:
       data_reply / data_reply_for: reply to the end of DATA with this instead of 250;
         the message is stored only if the reply is 2xx.
       refuse_login: offer AUTH (without TLS) and refuse every login with 535.
+      pipelining: offer PIPELINING (RFC 2920); aiosmtpd reads one command line at a time
+        and answers each in order, so it serves a pipelined client as it is.
     Recorded: messages (list of Received), rcpt_attempts ((address, reply) per RCPT),
     connections (count). Appends happen on the server's loop; reading them from another
     thread is safe (see wait_for_messages).
@@ -130,6 +132,7 @@ class RecordingServer:
         data_reply: str | None = None,
         data_reply_for: Selector = True,
         refuse_login: bool = False,
+        pipelining: bool = False,
     ) -> None:
         self.host = host
         self.port = port
@@ -154,8 +157,15 @@ class RecordingServer:
         self._changed = threading.Condition()
         self._server: asyncio.Server | None = None
         self._live: set[_FaultySMTP] = set()
+        if pipelining:  # aiosmtpd looks its hooks up on the handler: only this one has it
+            self.handle_EHLO = self._ehlo_with_pipelining
 
     # -- aiosmtpd handler hooks --------------------------------------------------------------
+
+    async def _ehlo_with_pipelining(self, server: SMTP, session: Session, envelope: Envelope,
+                                    hostname: str, responses: list[str]) -> list[str]:
+        session.host_name = hostname  # the hook takes over this from aiosmtpd
+        return [*responses[:-1], "250-PIPELINING", responses[-1]]
 
     async def handle_RCPT(
         self,

@@ -39,12 +39,10 @@ class _Inbox:
 
     def __init__(self) -> None:
         self.messages: list[bytes] = []
-        self.ehlo_count = 0
 
     async def handle_EHLO(self, server: SMTP, session: Session, envelope: Envelope,
                           hostname: str, responses: list[str]) -> list[str]:
         session.host_name = hostname
-        self.ehlo_count += 1
         return [*responses[:-1], "250-PIPELINING", responses[-1]]
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
@@ -218,10 +216,8 @@ def test_the_first_refusal_of_a_flight_is_the_one_that_counts(
 
 
 async def test_a_421_to_a_pipelined_rcpt_is_the_relays_trouble_and_nothing_is_sent() -> None:
-    from tests.test_pipelining import PipeliningServer
-
     closing = "421 4.3.2 shutting down"
-    async with PipeliningServer(reject_rcpt={"b@example.com": closing}) as server:
+    async with RecordingServer(reject_rcpt={"b@example.com": closing}, pipelining=True) as server:
         transport = SmtpTransport(parse_smtp_url(f"smtp://127.0.0.1:{server.port}"))
         try:
             with pytest.raises(RelayUnavailable, match="closing: 421 4.3.2 shutting down"):
