@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import re
 from collections.abc import AsyncIterator
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
@@ -21,6 +21,7 @@ from mailer import config as config_mod
 from mailer import tokens
 from mailer.config import Config
 from mailer.rows import ReturnRecord
+from mailer.schedule import Clock
 from mailer.states import SubscriptionStatus
 from mailer.store import Store
 from mailer.store.models import (
@@ -251,6 +252,27 @@ async def test_a_newsletter_never_joined_can_be_joined_and_another_readers_token
     assert ada is not None and ada.status == SubscriptionStatus.CONFIRMED
     assert ADA not in joined.text and "Ada" not in joined.text
 
+
+
+async def test_joining_on_the_manage_page_starts_the_sequence_on_the_daemons_clock_at_once(
+    project: Project, store: Store, smtpd: RecordingServer, smtp_url_of: SmtpUrl,
+) -> None:
+    # As a confirmation does: the reader's automatic emails count from the daemon's clock
+    # (test_now moves it), and its automatic-email runner is woken for the welcome.
+    listening = Listening()
+    config = with_second_newsletter(project, smtp_url=smtp_url_of(smtpd),
+                                    subscribe_rate_per_minute=0, base_url=listening.url)
+    moment, woken = datetime(2031, 5, 6, 7, 8, tzinfo=UTC), []
+    app = create_app(config, store=store, clock=Clock(moment), on_confirmed=woken.append)
+    async with settled_client(app, listening, config.settings) as client:
+        sent = await ada_and_bob_get_an_issue(Site(project, config, store, client, smtpd))
+        joined = await client.post(manage_links(sent[BOB])[0],
+                                   data={"action": "join", "newsletter": SECOND})
+    assert joined.status_code == 200
+    notes = await storehelp.subscription_of(store, BOB, SECOND)
+    assert notes is not None and notes.sequence_from is not None
+    assert moment <= notes.sequence_from < moment + timedelta(minutes=5)
+    assert woken == [SECOND]
 
 async def test_the_name_is_changed_and_a_bad_one_is_refused(site: Site) -> None:
     link = manage_links((await ada_and_bob_get_an_issue(site))[ADA])[0]

@@ -77,11 +77,14 @@ async def manage_action(request: Request) -> Response:
         raise
     newsletter = fields.get("newsletter", "")
     names = {n.id: n.name for n in config.newsletters.values()}
+    now = request.app.state.clock.now()  # the daemon's: automatic emails count from it
     if action == "leave":
-        await manage.leave(config, store, person, newsletter)
+        await manage.leave(config, store, person, newsletter, now=now)
         done = f"You left {names.get(newsletter, newsletter)}."
     elif action == "join":
-        await manage.join(config, store, person, newsletter)
+        await manage.join(config, store, person, newsletter, now=now)
+        if request.app.state.on_confirmed is not None:  # a welcome email goes at once
+            request.app.state.on_confirmed(newsletter)
         done = f"You are subscribed to {names[newsletter]}."
     elif action == "rename":
         name = await manage.rename(store, person, fields.get("name", ""))
